@@ -1,0 +1,48 @@
+"""Model backends behind one contract (see `base.py`). `load` is the public entry point."""
+
+from __future__ import annotations
+
+import importlib
+
+from harness.backends.base import (
+    Backend,
+    Completion,
+    GenerationRequest,
+    LoglikelihoodResult,
+    SamplingSettings,
+)
+from harness.errors import HarnessError
+
+__all__ = [
+    "Backend",
+    "Completion",
+    "GenerationRequest",
+    "LoglikelihoodResult",
+    "SamplingSettings",
+    "load",
+    "resolve_backend_name",
+]
+
+# Imported lazily: torch and vLLM take seconds to import, and `harness --help` must not wait for them.
+_BACKENDS = {"hf": "harness.backends.hf:HFBackend", "vllm": "harness.backends.vllm:VLLMBackend"}
+
+
+def resolve_backend_name(backend: str) -> str:
+    """`auto` means vLLM when it is importable and a GPU is present, transformers otherwise."""
+    if backend != "auto":
+        return backend
+    if importlib.util.find_spec("vllm") is None:
+        return "hf"
+    import torch
+
+    return "vllm" if torch.cuda.is_available() else "hf"
+
+
+def load(model: str, backend: str = "hf", **options) -> Backend:
+    """Load `model` (a local HF-format folder or a hub id) on the named backend ("hf", "vllm" or "auto")."""
+    name = resolve_backend_name(backend)
+    if name not in _BACKENDS:
+        raise HarnessError(f"unknown backend {backend!r}: choose one of hf, vllm, auto")
+    module_name, class_name = _BACKENDS[name].split(":")
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+    return backend_class(model, **options)

@@ -1,0 +1,89 @@
+"""The backend contract: what every model engine (transformers, vLLM) offers to tasks and trainers.
+
+Three batched calls over small request objects, in the spirit of lm-evaluation-harness: generation, the
+log-likelihood of a continuation, and the per-token log-probs of a continuation. A backend is free to reorder
+and batch the requests however it likes, but must return results in request order, and a seeded sample must not
+depend on which other requests share its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How to decode. temperature 0 means greedy; top_k 0 and top_p 1 switch those filters off."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    no_repeat_ngram_size: int = 0
+    stop: tuple[str, ...] = ()
+    max_prompt_tokens: int | None = None  # keep the last N prompt tokens (MiniLLM truncates prompts to 256)
+
+    def replace(self, **changes) -> SamplingSettings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One completion of `prompt`. With sampling, `seed` alone decides the random draws of this request."""
+
+    prompt: str
+    settings: SamplingSettings = SamplingSettings()
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str  # decoded without special tokens, cut before the first stop string, stripped of nothing
+    num_tokens: int  # generated tokens, counting the end-of-sequence token when one was produced
+    finish_reason: str  # "stop" (eos or stop string) or "length"
+
+
+@dataclass(frozen=True)
+class LoglikelihoodResult:
+    logprob: float  # sum of log-probs of the continuation tokens given the context
+    is_greedy: bool  # every continuation token was the argmax at its position
+
+
+class Backend(ABC):
+    """A loaded model. `identity` names the exact weights: generation caches are keyed on it."""
+
+    name: str
+    identity: str
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest], progress: bool = True) -> list[Completion]:
+        """One completion per request, in request order."""
+
+    @abstractmethod
+    def loglikelihood(
+        self, requests: Sequence[tuple[str, str]], progress: bool = True
+    ) -> list[LoglikelihoodResult]:
+        """log P(continuation | context) for each (context, continuation), split as lm-eval does:
+        trailing whitespace of the context moves to the continuation, the continuation's tokens are those of
+        encode(context + continuation) after the tokens of encode(context), and an empty context is replaced by
+        the end-of-text token."""
+
+    @abstractmethod
+    def token_logprobs(self, requests: Sequence[tuple[str, str]], progress: bool = True) -> list[list[float]]:
+        """The log-prob of each continuation token, split as in `loglikelihood`."""
+
+    def close(self) -> None:
+        """Release the engine. Backends hold GPU memory or worker processes; closing twice is harmless."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
