@@ -1,0 +1,286 @@
+"""The transformers backend: batched generation with a KV cache, per-request seeds, and lm-eval-style scoring.
+
+Generation runs our own decoding loop over the model's forward pass instead of `model.generate`, for three reasons:
+every request draws from its own seeded generator (so a sample does not depend on its batch neighbours, which
+`generate` cannot promise), `no_repeat_ngram_size` looks at each row's own tokens rather than at the padding, and
+finished rows leave the batch (their KV-cache rows are dropped) instead of being computed until the longest ends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.backends.base import (
+    Backend,
+    Completion,
+    GenerationRequest,
+    LoglikelihoodResult,
+    SamplingSettings,
+)
+from harness.errors import HarnessError
+from harness.models import resolve
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype != "auto":
+        try:
+            return getattr(torch, dtype)
+        except AttributeError:
+            raise HarnessError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32  # CPU half precision is slow and lossy; tiny models are cheap in float32
+
+
+def load_model_and_tokenizer(path, device: torch.device, dtype: torch.dtype, trust_remote_code: bool):
+    """Shared with the trainers: one place decides how checkpoints are opened."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise HarnessError(
+                f"{path} needs its own Python code to load; pass --trust-remote-code if you trust its source"
+            ) from None
+        raise
+    model.to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+@dataclass
+class _Row:
+    """One request in flight: its tokens so far, its sampler and its n-gram ban list."""
+
+    index: int
+    request: GenerationRequest
+    tokens: list[int]
+    generator: torch.Generator | None
+    generated: list[int] = field(default_factory=list)
+    seen_ngrams: dict[tuple[int, ...], set[int]] = field(default_factory=dict)
+    finish_reason: str = "length"
+    text: str | None = None
+
+    def banned(self, n: int) -> set[int]:
+        if n <= 0 or len(self.tokens) < n - 1:
+            return set()
+        return self.seen_ngrams.get(tuple(self.tokens[len(self.tokens) - n + 1 :]), set())
+
+    def push(self, token: int, n: int) -> None:
+        self.tokens.append(token)
+        self.generated.append(token)
+        if n > 0 and len(self.tokens) >= n:
+            gram = self.tokens[-n:]
+            self.seen_ngrams.setdefault(tuple(gram[:-1]), set()).add(gram[-1])
+
+
+def _index_ngrams(tokens: list[int], n: int) -> dict[tuple[int, ...], set[int]]:
+    seen: dict[tuple[int, ...], set[int]] = {}
+    for start in range(len(tokens) - n + 1) if n > 0 else ():
+        seen.setdefault(tuple(tokens[start : start + n - 1]), set()).add(tokens[start + n - 1])
+    return seen
+
+
+def _filter_logits(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+    """Temperature, top-k and top-p on one row of logits (V,), in float32."""
+    logits = logits / settings.temperature
+    if settings.top_k > 0:
+        kth = torch.topk(logits, min(settings.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if settings.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always survives).
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= settings.top_p
+        logits = logits.scatter(0, order, sorted_logits.masked_fill(drop, -math.inf))
+    return logits
+
+
+def _sample(logits: torch.Tensor, generator: torch.Generator) -> int:
+    """Inverse-CDF draw with the row's own generator: one uniform per step, whatever the batch holds."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    cumulative = probs.cumsum(-1)
+    uniform = torch.rand((), generator=generator).item() * cumulative[-1].item()
+    return min(int(torch.searchsorted(cumulative, torch.tensor([uniform], device=cumulative.device))[0]),
+               logits.numel() - 1)
+
+
+class HFBackend(Backend):
+    def __init__(
+        self,
+        model: str,
+        device: str | None = None,
+        dtype: str = "auto",
+        batch_size: int = 32,
+        max_length: int | None = None,
+        trust_remote_code: bool = False,
+    ):
+        ref = resolve(model)
+        self.name, self.identity, self.path = ref.name, ref.identity, ref.path
+        self.device = pick_device(device)
+        self.model, self.tokenizer = load_model_and_tokenizer(
+            ref.path, self.device, pick_dtype(dtype, self.device), trust_remote_code
+        )
+        self.batch_size = batch_size
+        self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", 2048)
+        self.eos_token_id = self.tokenizer.eos_token_id
+
+    # ----- generation -----------------------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest], progress: bool = True) -> list[Completion]:
+        encoded = [self._encode_prompt(request) for request in requests]
+        order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
+        results: list[Completion | None] = [None] * len(requests)
+        with tqdm(total=len(requests), desc="generate", unit="req", disable=not progress) as bar:
+            for start in range(0, len(order), self.batch_size):
+                rows = [self._new_row(i, requests[i], encoded[i]) for i in order[start : start + self.batch_size]]
+                for row in self._decode_batch(rows):
+                    results[row.index] = Completion(row.text or "", len(row.generated), row.finish_reason)
+                bar.update(len(rows))
+        return results  # type: ignore[return-value]
+
+    def _encode_prompt(self, request: GenerationRequest) -> list[int]:
+        tokens = self.tokenizer(request.prompt)["input_ids"]
+        limit = request.settings.max_prompt_tokens
+        room = self.max_length - request.settings.max_new_tokens
+        limit = min(limit, room) if limit else room
+        return tokens[-limit:] if limit > 0 else tokens[-1:]
+
+    def _new_row(self, index: int, request: GenerationRequest, tokens: list[int]) -> _Row:
+        settings = request.settings
+        generator = None if settings.greedy else torch.Generator().manual_seed(request.seed)
+        row = _Row(index, request, list(tokens), generator)
+        row.seen_ngrams = _index_ngrams(row.tokens, settings.no_repeat_ngram_size)
+        return row
+
+    @torch.inference_mode()
+    def _decode_batch(self, rows: list[_Row]) -> list[_Row]:
+        """Decode a batch with a shared KV cache; rows that finish are removed from the batch and the cache."""
+        width = max(len(row.tokens) for row in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r.tokens)) + r.tokens for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r.tokens)) + [1] * len(r.tokens) for r in rows], device=self.device)
+        active, done, cache = list(rows), [], None
+        step_input = input_ids
+        while active:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_input.shape[1] :]
+            out = self.model(
+                input_ids=step_input, attention_mask=mask, position_ids=positions,
+                past_key_values=cache, use_cache=True, logits_to_keep=1,
+            )
+            cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+            next_tokens = [self._choose(row, logits[i]) for i, row in enumerate(active)]
+            keep = [i for i, (row, token) in enumerate(zip(active, next_tokens)) if not self._finished(row, token)]
+            done += [row for i, row in enumerate(active) if i not in set(keep)]
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, active = mask[index], [active[i] for i in keep]
+                next_tokens = [next_tokens[i] for i in keep]
+            step_input = torch.tensor(next_tokens, device=self.device).unsqueeze(-1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+        return done
+
+    def _choose(self, row: _Row, logits: torch.Tensor) -> int:
+        settings = row.request.settings
+        banned = row.banned(settings.no_repeat_ngram_size)
+        if banned:
+            logits = logits.clone()
+            logits[list(banned)] = -math.inf
+        if settings.greedy:
+            return int(logits.argmax())
+        return _sample(_filter_logits(logits, settings), row.generator)
+
+    def _finished(self, row: _Row, token: int) -> bool:
+        """Record `token` and say whether the row stops here (eos, a stop string, or the token budget)."""
+        settings = row.request.settings
+        if token == self.eos_token_id:
+            row.generated.append(token)
+            row.finish_reason = "stop"
+            row.text = self.tokenizer.decode(row.generated[:-1], skip_special_tokens=True)
+            return True
+        row.push(token, settings.no_repeat_ngram_size)
+        if settings.stop:
+            text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+            cut = min((text.find(s) for s in settings.stop if s in text), default=-1)
+            if cut >= 0:
+                row.text, row.finish_reason = text[:cut], "stop"
+                return True
+        if len(row.generated) >= settings.max_new_tokens:
+            row.text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+            return True
+        return False
+
+    # ----- scoring ----------------------------------------------------------------------------------------------
+
+    def _split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's convention: trailing context whitespace belongs to the continuation, and the continuation's
+        tokens are what encoding the whole string adds after the context's tokens."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        if not context:
+            return [self.eos_token_id], self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        whole = self.tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+        context_tokens = self.tokenizer(context, add_special_tokens=False)["input_ids"]
+        return context_tokens, whole[len(context_tokens) :]
+
+    def _batches(self, items: list[tuple[int, list[int], int]]) -> Iterator[list[tuple[int, list[int], int]]]:
+        ordered = sorted(items, key=lambda item: -len(item[1]))
+        for start in range(0, len(ordered), self.batch_size):
+            yield ordered[start : start + self.batch_size]
+
+    @torch.inference_mode()
+    def _score(self, requests: Sequence[tuple[str, str]], progress: bool) -> list[tuple[list[float], bool]]:
+        items = []
+        for index, (context, continuation) in enumerate(requests):
+            context_tokens, continuation_tokens = self._split(context, continuation)
+            # Keep the right end when too long; the last token is only ever a target, never an input.
+            sequence = (context_tokens + continuation_tokens)[-(self.max_length + 1) :]
+            items.append((index, sequence, len(continuation_tokens)))
+        results: list = [None] * len(items)
+        with tqdm(total=len(items), desc="score", unit="req", disable=not progress) as bar:
+            for batch in self._batches(items):
+                width = max(len(sequence) - 1 for _, sequence, _ in batch)
+                pad = self.tokenizer.pad_token_id
+                inputs = [sequence[:-1] + [pad] * (width - len(sequence) + 1) for _, sequence, _ in batch]
+                logits = self.model(input_ids=torch.tensor(inputs, device=self.device)).logits.float()
+                logprobs = torch.log_softmax(logits, dim=-1)  # (B, T, V)
+                for row, (index, sequence, length) in enumerate(batch):
+                    targets = torch.tensor(sequence[-length:], device=self.device) if length else None
+                    if targets is None:
+                        results[index] = ([], True)
+                        continue
+                    end = len(sequence) - 1
+                    window = logprobs[row, end - length : end]  # (length, V)
+                    picked = window.gather(-1, targets[:, None]).squeeze(-1)
+                    results[index] = (picked.tolist(), bool((window.argmax(-1) == targets).all()))
+                bar.update(len(batch))
+        return results
+
+    def loglikelihood(
+        self, requests: Sequence[tuple[str, str]], progress: bool = True
+    ) -> list[LoglikelihoodResult]:
+        return [LoglikelihoodResult(sum(lps), greedy) for lps, greedy in self._score(requests, progress)]
+
+    def token_logprobs(self, requests: Sequence[tuple[str, str]], progress: bool = True) -> list[list[float]]:
+        return [lps for lps, _ in self._score(requests, progress)]
+
+    def close(self) -> None:
+        self.model = None

@@ -1,0 +1,184 @@
+"""The `harness` command line. Flags become one config object handed to the same functions a Python user calls.
+
+Heavy libraries (torch, transformers, vLLM) are imported inside the commands, so `--help` and `harness tasks`
+answer at once. User mistakes (HarnessError) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from harness.errors import HarnessError
+
+EPILOG_EVAL = """examples:
+  harness eval                                   tiny built-in teacher on the synthetic suite
+  harness eval --model ./ckpt --tasks instruct --data-dir ../shared/data
+  harness eval --model Qwen/Qwen2.5-0.5B --tasks dolly --backend vllm --limit 50
+  harness eval --model ./ckpt --tasks dolly --seeds 10 --gen-kwargs temperature=0,max_new_tokens=128
+"""
+
+
+def _csv_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_gen_kwargs(text: str) -> dict:
+    """'temperature=0,max_new_tokens=64' -> {'temperature': 0, 'max_new_tokens': 64} (values read as YAML)."""
+    from harness.config import parse_overrides
+
+    pairs = [part for part in text.split(",") if part.strip()]
+    try:
+        return parse_overrides(pairs)
+    except HarnessError:
+        raise argparse.ArgumentTypeError(f"{text!r} must look like key=value,key=value") from None
+
+
+def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--config", help="YAML file of eval settings (any flag below, by its long name with underscores)")
+    add("--model", help="HF-format checkpoint folder or hub id (default: the built-in tiny teacher)")
+    add("--tasks", help="task and suite names, comma-separated, or 'all' (default: synth); see `harness tasks`")
+    add("--backend", choices=["hf", "vllm", "auto"], help="hf = transformers (default), vllm, or auto")
+    add("--data-dir", help="folder laid out like shared/data (default: $HARNESS_DATA_DIR, then the hub)")
+    add("--output-dir", help="results root (default: runs)")
+    add("--name", help="results folder and leaderboard name for the model (default: from its path)")
+    add("--seeds", type=_csv_ints, help="sampling seeds, e.g. 10,20,30 (default: the task's)")
+    add("--samples", type=int, help="samples per prompt, e.g. 32 for avg@32 (default: the task's)")
+    add("--limit", type=int, help="evaluate only the first N rows of each task")
+    add("--gen-kwargs", type=parse_gen_kwargs, help="decoding overrides: temperature, top_p, top_k, "
+        "max_new_tokens, no_repeat_ngram_size, stop, do_sample, e.g. temperature=0,max_new_tokens=128")
+    add("--teacher", help="teacher checkpoint, for tasks that compare the model with a teacher")
+    add("--batch-size", type=int, help="batch size of the transformers backend (default: 32)")
+    add("--device", help="cpu, cuda, cuda:1 ... (default: a GPU when present)")
+    add("--dtype", help="auto (default), float32, bfloat16, float16")
+    add("--trust-remote-code", action="store_true", default=None, help="allow checkpoints that ship Python code")
+    add("--overwrite", action="store_true", default=None, help="replace results of other weights under --name")
+    add("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
+    vllm = parser.add_argument_group("vLLM engine options")
+    vllm.add_argument("--tensor-parallel-size", type=int)
+    vllm.add_argument("--data-parallel-size", type=int)
+    vllm.add_argument("--gpu-memory-utilization", type=float)
+    vllm.add_argument("--max-model-len", type=int)
+    vllm.add_argument("--enforce-eager", action="store_true", default=None)
+
+
+_ENGINE_OPTIONS = ("tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization", "max_model_len",
+                   "enforce_eager")
+
+
+def eval_config_from_args(args: argparse.Namespace):
+    from harness import config as configuration
+    from harness.runner import EvalConfig
+
+    given = {key: value for key, value in vars(args).items() if value is not None}
+    engine = {key: given.pop(key) for key in _ENGINE_OPTIONS if key in given}
+    path = given.pop("config", None)
+    for key in ("command", "handler"):
+        given.pop(key, None)
+    settings = configuration.read_yaml(path) if path else {}
+    settings.update(given)
+    if engine:
+        settings["backend_options"] = {**settings.get("backend_options", {}), **engine}
+    if "model" in given and "tasks" not in settings:
+        settings["tasks"] = "instruct"
+    return configuration.from_dict(EvalConfig, settings)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from harness.runner import evaluate
+
+    config = eval_config_from_args(args)
+    written = evaluate(config)
+    print_summary(written)
+
+
+def print_summary(paths) -> None:
+    import json
+
+    for path in paths:
+        record = json.loads(path.read_text())
+        main = record["main_metric"]
+        value = record["metrics"].get(main)
+        spread = record["metrics"].get(f"{main}_std")
+        shown = f"{value:.2f}" + (f" ± {spread:.2f}" if spread else "") if value is not None else "n/a"
+        print(f"{record['model']:<24} {record['task']:<16} {main} {shown:<16} {path}")
+
+
+def cmd_tasks(args: argparse.Namespace) -> None:
+    from harness.registry import get_task, suites, task_names
+
+    for name in task_names():
+        task = get_task(name)
+        source = task.data.local_file if not task.data.builtin else "built-in (harness tiny)"
+        hub = f"  hub: {task.data.hub_id}" if task.data.hub_id else ""
+        print(f"{name:<16} {task.description}  [data: {source}{hub}]")
+    for suite, names in suites().items():
+        print(f"suite {suite:<10} {', '.join(names)}")
+
+
+def cmd_tiny(args: argparse.Namespace) -> None:
+    from harness import tiny
+
+    paths = tiny.build(force=args.force)
+    print(f"teacher: {paths.teacher}\nstudent: {paths.student}\ndata: {paths.data}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from harness.reports import write_leaderboard
+
+    root = Path(args.output_dir)
+    if not root.is_dir():
+        raise HarnessError(f"no results under {root}: run `harness eval` first or pass --output-dir")
+    for path in write_leaderboard(root):
+        print(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Evaluate and distil language models on the protocols of MiniLLM, PICL, PPT, CUGE, TRAPO, CROPI.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, handler: Callable, help_text: str, **kwargs) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, **kwargs)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    evaluation = command("eval", cmd_eval, "evaluate a checkpoint on tasks and suites; results go under runs/",
+                         epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_eval_arguments(evaluation)
+    command("tasks", cmd_tasks, "list every task and suite with its data source")
+    tiny = command("tiny", cmd_tiny, "build (once) the tiny teacher, student and synthetic data; print their paths")
+    tiny.add_argument("--force", action="store_true", help="rebuild even if cached")
+    report = command("report", cmd_report, "write leaderboard.md and leaderboard.html from every results.json")
+    report.add_argument("--output-dir", default="runs", help="results root to read (default: runs)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        args.handler(args)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
