@@ -1,0 +1,350 @@
+"""Leaderboard: Markdown and self-contained HTML built from every `results.json` under a results root.
+
+A pure function of the stored files: the same store gives the same tables, and no generation time is written.
+Unreadable or incomplete files are skipped with one warning line on stderr. Rows are models (`method@step` for
+trainer checkpoints); columns are suite averages, then each task's main metric. A suite average appears only
+when the model has every task that any stored result lists under that suite, so averages over different task
+sets never share a column. Rows are sorted by the first suite average (the first task column when no suite is
+stored), highest first. Figures come from the registry in plots.py and are embedded in the HTML as base64
+PNGs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.reports.plots import display_name, render_figures
+from harness.store import atomic_write
+
+SCHEMA_VERSION = 1
+EXAMPLES_PER_MODEL = 3
+EXAMPLE_CHARS = 2000  # few-shot prompts run to pages; the example is there to be glanced at
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored result and where it came from (the samples file sits beside it)."""
+
+    path: Path
+    result: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return display_name(self.result)
+
+    @property
+    def task(self) -> str:
+        return self.result["task"]
+
+    @property
+    def main(self) -> float:
+        return float(self.result["metrics"][self.result["main_metric"]])
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _warn(path: Path, reason: str) -> None:
+    print(f"warning: skipping {path}: {reason}", file=sys.stderr)
+
+
+def _schema_problem(data: Any) -> str | None:
+    """Why `data` cannot go on the leaderboard, or None when it can."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    if _is_number(data.get("schema_version")) and data["schema_version"] > SCHEMA_VERSION:
+        return f"schema_version {data['schema_version']} is newer than this harness reads; upgrade harness"
+    for key in ("model", "task", "main_metric"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            return f"missing or non-string {key!r}"
+    if not isinstance(data.get("metrics"), dict):
+        return "missing 'metrics' object"
+    if not _is_number(data["metrics"].get(data["main_metric"])):
+        return f"main metric {data['main_metric']!r} is missing from 'metrics' or not a number"
+    suites = data.get("suites", [])
+    if not isinstance(suites, list) or not all(isinstance(s, str) for s in suites):
+        return "'suites' is not a list of names"
+    training = data.get("training")
+    if training is not None and not (
+        isinstance(training, dict) and isinstance(training.get("method"), str)
+        and isinstance(training.get("step"), int) and not isinstance(training.get("step"), bool)
+    ):
+        return "'training' needs a string 'method' and an integer 'step'"
+    return None
+
+
+def _read_entry(path: Path) -> Entry | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        _warn(path, f"cannot parse ({error})")
+        return None
+    problem = _schema_problem(data)
+    if problem is not None:
+        _warn(path, problem)
+        return None
+    return Entry(path, data)
+
+
+def load_entries(root: Path) -> list[Entry]:
+    """Every valid result under `root`; for a repeated (model, task) the most recently created one wins."""
+    chosen: dict[tuple[str, str], Entry] = {}
+    for path in sorted(root.rglob("results.json")):
+        entry = _read_entry(path)
+        if entry is None:
+            continue
+        key = (entry.name, entry.task)
+        other = chosen.get(key)
+        if other is not None:
+            newer, older = sorted([other, entry], key=lambda e: str(e.result.get("created", "")))[::-1]
+            _warn(older.path, f"{key[0]} on {key[1]} is also stored in {newer.path}, which is newer")
+            entry = newer
+        chosen[key] = entry
+    return list(chosen.values())
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _with_std(metrics: dict[str, Any], name: str) -> str:
+    std = metrics.get(f"{name}_std")
+    return _fmt(metrics[name]) + (f" ± {_fmt(std)}" if _is_number(std) else "")
+
+
+@dataclass(frozen=True)
+class Board:
+    """The resolved layout shared by the Markdown and HTML writers."""
+
+    models: list[str]  # row order
+    tasks: list[str]
+    suites: dict[str, set[str]]  # suite -> its tasks
+    cells: dict[tuple[str, str], Entry]  # (model, task) -> entry
+
+    def suite_average(self, model: str, suite: str) -> float | None:
+        if any((model, task) not in self.cells for task in self.suites[suite]):
+            return None
+        return sum(self.cells[model, task].main for task in self.suites[suite]) / len(self.suites[suite])
+
+
+def build_board(entries: list[Entry]) -> Board:
+    suites: dict[str, set[str]] = {}
+    for entry in entries:
+        for suite in entry.result.get("suites", []):
+            suites.setdefault(suite, set()).add(entry.task)
+    suites = dict(sorted(suites.items()))
+    suite_order = list(suites)
+
+    def task_key(task: str) -> tuple[int, str]:
+        ranks = [i for i, suite in enumerate(suite_order) if task in suites[suite]]
+        return (min(ranks, default=len(suite_order)), task)
+
+    tasks = sorted({entry.task for entry in entries}, key=task_key)
+    cells = {(entry.name, entry.task): entry for entry in entries}
+    unordered = Board(sorted({entry.name for entry in entries}), tasks, suites, cells)
+    return replace(unordered, models=_row_order(unordered))
+
+
+def _row_order(board: Board) -> list[str]:
+    def key(model: str) -> tuple[bool, float, str]:
+        if board.suites:
+            value = board.suite_average(model, next(iter(board.suites)))
+        else:
+            entry = board.cells.get((model, board.tasks[0]))
+            value = entry.main if entry else None
+        missing = value is None or not math.isfinite(value)
+        return (missing, 0.0 if missing else -value, model)
+
+    return sorted(board.models, key=key)
+
+
+def _main_name(board: Board, task: str) -> str:
+    return next(board.cells[m, task] for m in board.models if (m, task) in board.cells).result["main_metric"]
+
+
+def main_table(board: Board) -> Table:
+    header = ["Model", *(f"{suite} avg" for suite in board.suites),
+              *(f"{task} ({_main_name(board, task)})" for task in board.tasks)]
+    rows = []
+    for model in board.models:
+        averages = [board.suite_average(model, suite) for suite in board.suites]
+        row = [model, *("" if a is None else _fmt(a) for a in averages)]
+        for task in board.tasks:
+            entry = board.cells.get((model, task))
+            row.append(_with_std(entry.result["metrics"], entry.result["main_metric"]) if entry else "")
+        rows.append(row)
+    return Table(header, rows)
+
+
+def task_table(board: Board, task: str) -> Table:
+    """Every numeric metric of one task; `<name>_std` folds into its metric's cell as `± std`."""
+    entries = [board.cells[model, task] for model in board.models if (model, task) in board.cells]
+    numeric = {name for e in entries for name, value in e.result["metrics"].items() if _is_number(value)}
+    shown = sorted(n for n in numeric if not (n.endswith("_std") and n[: -len("_std")] in numeric))
+    main = entries[0].result["main_metric"]
+    shown = [main, *(n for n in shown if n != main)]
+    rows = []
+    for entry in entries:
+        metrics = entry.result["metrics"]
+        row = [entry.name, str(entry.result.get("num_docs", ""))]
+        row += [_with_std(metrics, n) if _is_number(metrics.get(n)) else "" for n in shown]
+        rows.append(row)
+    return Table(["Model", "docs", *shown], rows)
+
+
+def _md_cell(text: str) -> str:
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(table: Table) -> str:
+    lines = ["| " + " | ".join(_md_cell(h) for h in table.header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(table.header) - 1)) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(lines)
+
+
+def _intro(board: Board) -> str:
+    sort_key = f"the {next(iter(board.suites))} average" if board.suites else board.tasks[0]
+    return (f"Main metric per task, sorted by {sort_key} (highest first). "
+            "A suite average is shown only when the model has every task of the suite.")
+
+
+def render_markdown(board: Board) -> str:
+    parts = ["# Leaderboard", "", _md_cell(_intro(board)), "", _md_table(main_table(board))]
+    for task in board.tasks:
+        parts += ["", f"## {_md_cell(task)}", "", _md_table(task_table(board, task))]
+    return "\n".join(parts) + "\n"
+
+
+
+# The page must open offline and run nothing: inline CSS only, plus a policy that blocks scripts and remote
+# loads even if some text slipped past escaping.
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+thead th { background: #f2f2f2; }
+tbody tr:nth-child(even) { background: #fafafa; }
+img { max-width: 100%; }
+details { margin: 0.4rem 0; }
+.sample { border-left: 3px solid #ddd; margin: 0.5rem 0; padding-left: 0.8rem; }
+.sample h4 { margin: 0.4rem 0 0.1rem; font-size: 0.8rem; color: #555; }
+pre { white-space: pre-wrap; word-break: break-word; background: #f7f7f7; padding: 0.4rem; margin: 0; }
+"""
+
+
+def png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def read_examples(path: Path, limit: int = EXAMPLES_PER_MODEL) -> list[dict[str, Any]]:
+    """The first `limit` samples of a samples.jsonl; bad lines are left out with a warning."""
+    if not path.is_file():
+        return []
+    samples: list[dict[str, Any]] = []
+    try:
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for number, line in enumerate(lines, 1):
+                if len(samples) == limit:
+                    break
+                try:
+                    sample = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError:
+                    print(f"warning: {path} line {number} is not JSON; example left out", file=sys.stderr)
+                    continue
+                if isinstance(sample, dict):
+                    samples.append(sample)
+    except OSError as error:
+        print(f"warning: cannot read {path} ({error}); examples left out", file=sys.stderr)
+    return samples
+
+
+def _first(value: Any) -> Any:
+    return (value[0] if value else "") if isinstance(value, list) else value
+
+
+def _text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS] + " …[truncated]"
+
+
+def _sample_html(sample: dict[str, Any]) -> str:
+    fields = [("prompt", sample.get("prompt", "")), ("reference", _first(sample.get("references", ""))),
+              ("prediction", _first(sample.get("predictions", "")))]
+    body = "".join(f"<h4>{label}</h4><pre>{html.escape(_text(value))}</pre>" for label, value in fields)
+    return f'<div class="sample">{body}</div>'
+
+
+def _examples_html(board: Board, task: str) -> str:
+    blocks = []
+    for model in board.models:
+        entry = board.cells.get((model, task))
+        samples = read_examples(entry.path.parent / "samples.jsonl") if entry else []
+        if samples:
+            items = "".join(_sample_html(sample) for sample in samples)
+            summary = f"{html.escape(model)}: first {len(samples)} examples"
+            blocks.append(f"<details><summary>{summary}</summary>{items}</details>")
+    return "".join(blocks)
+
+
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in table.header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+                   for row in table.rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure_html(name: str, path: Path) -> str:
+    label = html.escape(name)
+    return f'<figure><img src="{png_data_uri(path)}" alt="{label}"><figcaption>{label}</figcaption></figure>'
+
+
+def render_html(board: Board, figures: list[tuple[str, Path]]) -> str:
+    parts = ["<h1>Leaderboard</h1>", f"<p>{html.escape(_intro(board))}</p>", _html_table(main_table(board))]
+    parts += [_figure_html(name, path) for name, path in figures]
+    for task in board.tasks:
+        parts += [f"<h2>{html.escape(task)}</h2>", _html_table(task_table(board, task)),
+                  _examples_html(board, task)]
+    head = (f'<meta charset="utf-8"><meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+            f"<title>Leaderboard</title><style>{_CSS}</style>")
+    body = "\n".join(parts)
+    return f'<!DOCTYPE html>\n<html lang="en"><head>{head}</head><body>\n{body}\n</body></html>\n'
+
+
+def write_leaderboard(root: Path, out_dir: Path | None = None) -> list[Path]:
+    """Write `leaderboard.md`, `leaderboard.html` and the figure PNGs for every result under `root`.
+
+    Returns the written paths: the Markdown, the HTML, then one PNG per figure that had something to plot.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise HarnessError(f"results folder {root} does not exist; pass the folder the runner wrote to")
+    entries = load_entries(root)
+    if not entries:
+        raise HarnessError(f"no readable results.json under {root}; run an evaluation into it first")
+    out_dir = Path(out_dir) if out_dir is not None else root
+    out_dir.mkdir(parents=True, exist_ok=True)
+    board = build_board(entries)
+    ordered = [board.cells[m, t] for m in board.models for t in board.tasks if (m, t) in board.cells]
+    figures = render_figures([entry.result for entry in ordered], out_dir)
+    markdown_path, html_path = out_dir / "leaderboard.md", out_dir / "leaderboard.html"
+    atomic_write(markdown_path, render_markdown(board))
+    atomic_write(html_path, render_html(board, figures))
+    return [markdown_path, html_path, *(path for _, path in figures)]

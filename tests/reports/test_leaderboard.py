@@ -1,0 +1,214 @@
+"""Leaderboard tests on a small results store written here: tables, escaping, figures, and bad files."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness.reports import plots, register_figure, write_leaderboard
+from PIL import Image
+
+from harness.errors import HarnessError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+XSS = "<script>alert(1)</script>"
+
+
+def write_result(root: Path, folder: str, task: str, metrics: dict, *, model: str | None = None,
+                 suites: tuple[str, ...] = ("instruct",), training: dict | None = None,
+                 created: str = "2026-11-26T01:02:03Z", samples: list[dict] | None = None) -> Path:
+    run = root / folder / task
+    run.mkdir(parents=True)
+    record = {"schema_version": 1, "task": task, "suites": list(suites), "model": model or folder,
+              "model_path": f"/models/{folder}", "model_identity": "ab" * 8, "main_metric": "rougeL",
+              "metrics": metrics, "num_docs": 500, "config": {}, "versions": {"harness": "0.1.0"},
+              "created": created}
+    if training is not None:
+        record["training"] = training
+    (run / "results.json").write_text(json.dumps(record))
+    if samples is not None:
+        (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    return run
+
+
+def sample(doc_id: int, prediction: str, prompt: str = "Write a poem.") -> dict:
+    return {"doc_id": doc_id, "prompt": prompt, "references": ["A reference poem.", "Another."],
+            "predictions": [prediction, "second try"], "scores": {"rougeL": [0.3, 0.1]}}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    hostile = [sample(0, f"ignore {XSS} this", prompt='<img src="http://evil.example/x.png"> & more'),
+               sample(1, "fine"), sample(2, "also fine"), sample(3, "FOURTH-SAMPLE")]
+    write_result(root, "teacher", "dolly",
+                 {"rougeL": 25.13, "rougeL_std": 0.31, "exact_match": 1.2, "gen_length": 54.3},
+                 samples=hostile)
+    write_result(root, "teacher", "selfinst", {"rougeL": 20.01})
+    write_result(root, "sft", "dolly", {"rougeL": 22.0, "exact_match": 0.5})
+    write_result(root, "sft", "selfinst", {"rougeL": 24.5})
+    write_result(root, "student", "dolly", {"rougeL": 18.5})  # no selfinst: no instruct average
+    (root / "broken" / "dolly").mkdir(parents=True)
+    (root / "broken" / "dolly" / "results.json").write_text("{not json")
+    (root / "nokeys" / "dolly").mkdir(parents=True)
+    (root / "nokeys" / "dolly" / "results.json").write_text(json.dumps({"task": "dolly", "model": "nokeys"}))
+    return root
+
+
+def table_after(markdown: str, heading: str) -> list[list[str]]:
+    """Cells of the first Markdown table after `heading`, header row first, separator dropped."""
+    lines = markdown[markdown.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return [rows[0], *rows[2:]]
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with Image.open(path) as image:
+        image.verify()
+        assert image.size[0] > 100 and image.size[1] > 100
+
+
+def test_main_table_values_std_suite_average_and_order(store: Path, capsys: pytest.CaptureFixture) -> None:
+    written = write_leaderboard(store)
+    assert written == [store / "leaderboard.md", store / "leaderboard.html", store / "leaderboard_main.png"]
+    header, *rows = table_after((store / "leaderboard.md").read_text(), "# Leaderboard")
+    assert header == ["Model", "instruct avg", "dolly (rougeL)", "selfinst (rougeL)"]
+    # Sorted by the suite average (sft 23.25 > teacher 22.57), not by dolly, where teacher leads.
+    assert rows == [["sft", "23.25", "22.00", "24.50"],
+                    ["teacher", "22.57", "25.13 ± 0.31", "20.01"],
+                    ["student", "", "18.50", ""]]
+    err = capsys.readouterr().err
+    assert "broken" in err and "nokeys" in err and err.count("warning:") == 2
+
+
+def test_task_table_lists_every_metric_with_std_folded(store: Path) -> None:
+    write_leaderboard(store)
+    header, *rows = table_after((store / "leaderboard.md").read_text(), "## dolly")
+    assert header == ["Model", "docs", "rougeL", "exact_match", "gen_length"]
+    assert rows[1] == ["teacher", "500", "25.13 ± 0.31", "1.20", "54.30"]
+    assert rows[0] == ["sft", "500", "22.00", "0.50", ""]
+    assert [row[0] for row in rows] == ["sft", "teacher", "student"]
+
+
+def test_without_suites_rows_sort_by_first_task(tmp_path: Path) -> None:
+    write_result(tmp_path, "a", "dolly", {"rougeL": 10.0}, suites=())
+    write_result(tmp_path, "b", "dolly", {"rougeL": 30.0}, suites=())
+    write_result(tmp_path, "c", "vicuna", {"rougeL": 50.0}, suites=())
+    header, *rows = table_after((write_leaderboard(tmp_path)[0]).read_text(), "# Leaderboard")
+    assert header == ["Model", "dolly (rougeL)", "vicuna (rougeL)"]
+    assert [row[0] for row in rows] == ["b", "a", "c"]
+
+
+def test_html_is_escaped_self_contained_and_embeds_the_chart(store: Path) -> None:
+    write_leaderboard(store)
+    page = (store / "leaderboard.html").read_text()
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;img src=&quot;http://evil.example/x.png&quot;&gt; &amp; more" in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
+    assert "<link" not in page.lower() and "@import" not in page and "url(" not in page
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert base64.b64decode(uris[0]) == (store / "leaderboard_main.png").read_bytes()
+    assert_png(store / "leaderboard_main.png")
+    # Examples: the first three samples of a model, first reference and first prediction only.
+    assert "A reference poem." in page and "Another." not in page
+    assert "also fine" in page and "FOURTH-SAMPLE" not in page and "second try" not in page
+    assert "25.13 ± 0.31" in page and "23.25" in page
+
+
+def test_training_checkpoints_are_named_and_plotted(tmp_path: Path) -> None:
+    root, out = tmp_path / "runs", tmp_path / "report"
+    write_result(root, "teacher", "dolly", {"rougeL": 25.0})
+    for step, score in [(100, 15.0), (200, 19.0)]:
+        for method in ("minillm", "sft"):
+            write_result(root, f"{method}-{step}", "dolly", {"rougeL": score + (method == "minillm")},
+                         model="student", training={"method": method, "step": step})
+    written = write_leaderboard(root, out)
+    assert out / "training_curves.png" in written
+    assert_png(out / "training_curves.png")
+    page = (out / "leaderboard.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and 'alt="training_curves"' in page
+    names = [row[0] for row in table_after((out / "leaderboard.md").read_text(), "# Leaderboard")[1:]]
+    assert names == ["teacher", "minillm@200", "sft@200", "minillm@100", "sft@100"]
+    assert not (root / "leaderboard.md").exists()  # out_dir was given, so the store stays untouched
+
+    for folder in ("minillm-100", "minillm-200", "sft-100", "sft-200"):
+        (root / folder / "dolly" / "results.json").unlink()
+    written = write_leaderboard(root, out)
+    assert written == [out / "leaderboard.md", out / "leaderboard.html", out / "leaderboard_main.png"]
+    assert not (out / "training_curves.png").exists()  # the stale plot from the first run is gone
+    assert "training_curves" not in (out / "leaderboard.html").read_text()
+
+
+def test_repeated_model_and_task_keeps_the_newest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_result(tmp_path / "old", "teacher", "dolly", {"rougeL": 1.0}, suites=(),
+                 created="2026-01-01T00:00:00Z")
+    write_result(tmp_path / "new", "teacher", "dolly", {"rougeL": 2.0}, suites=(),
+                 created="2026-02-01T00:00:00Z")
+    rows = table_after(write_leaderboard(tmp_path)[0].read_text(), "# Leaderboard")[1:]
+    assert rows == [["teacher", "2.00"]]
+    assert str(tmp_path / "old") in capsys.readouterr().err
+
+
+def test_markdown_is_a_pure_function_of_the_store(store: Path, tmp_path: Path) -> None:
+    first = write_leaderboard(store, tmp_path / "a")[0].read_text()
+    second = write_leaderboard(store, tmp_path / "b")[0].read_text()
+    assert first == second
+
+
+def test_registered_figure_is_saved_and_embedded(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plots, "FIGURES", dict(plots.FIGURES))
+
+    @register_figure("model_count")
+    def model_count(results: list[dict]):
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(3, 3))
+        figure.add_subplot().bar([0], [len({r["model"] for r in results})])
+        return figure
+
+    written = write_leaderboard(store)
+    assert store / "model_count.png" in written
+    assert_png(store / "model_count.png")
+    assert 'alt="model_count"' in (store / "leaderboard.html").read_text()
+    with pytest.raises(HarnessError, match="already registered"):
+        register_figure("model_count")(lambda results: None)
+    with pytest.raises(HarnessError, match="file name"):
+        register_figure("../escape")
+
+
+def test_empty_or_missing_store_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(HarnessError, match="does not exist"):
+        write_leaderboard(tmp_path / "nowhere")
+    (tmp_path / "x" / "dolly").mkdir(parents=True)
+    (tmp_path / "x" / "dolly" / "results.json").write_text("[]")
+    with pytest.raises(HarnessError, match="no readable results.json"):
+        write_leaderboard(tmp_path)
+
+
+def test_importing_reports_does_not_import_matplotlib() -> None:
+    code = "import sys, harness.reports; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_names_and_metric_keys_from_the_store_are_escaped(tmp_path: Path) -> None:
+    write_result(tmp_path, "m", "dolly", {"rougeL": 1.0, "<i>odd|key</i>": 2.0}, model=XSS,
+                 suites=("<b>s</b>",))
+    markdown_path, html_path, _ = write_leaderboard(tmp_path)
+    page = html_path.read_text()
+    assert "<script" not in page and "<i>" not in page and "<b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;s&lt;/b&gt; avg" in page
+    header = table_after(markdown_path.read_text(), "## dolly")[0]
+    assert header == ["Model", "docs", "rougeL", "&lt;i&gt;odd\\|key&lt;/i&gt;"]
