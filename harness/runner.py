@@ -153,7 +153,7 @@ def score_task(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) 
     else:
         predictions, lengths = run_generation(task, docs, backend, cache, config)
     losses = reference_losses(task, docs, backend, config) if task.reference_loss else None
-    samples, scores = [], []
+    samples = []
     for doc_id, (doc, doc_predictions) in enumerate(zip(docs, predictions)):
         doc_scores: SampleScores = {}
         for prediction in doc_predictions:
@@ -163,7 +163,6 @@ def score_task(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) 
             doc_scores["gen_length"] = lengths[doc_id]
         if losses is not None:
             doc_scores["reference_loss"] = [losses[doc_id]]
-        scores.append(doc_scores)
         samples.append({
             "doc_id": doc_id,
             "prompt": task.prompt(doc),
@@ -173,7 +172,7 @@ def score_task(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) 
         })
     metrics: dict[str, float] = {}
     for metric in task.metrics:
-        metrics.update(metric(scores))
+        metrics.update(metric(samples))
     return TaskResult(samples=samples, metrics=metrics)
 
 

@@ -20,7 +20,8 @@ from harness.backends.base import SamplingSettings
 Doc = dict[str, Any]
 # Per document, per metric name, one score per prediction (seed or sample).
 SampleScores = dict[str, list[float]]
-Metric = Callable[[list[SampleScores]], dict[str, float]]
+# A metric reads the per-document records of samples.jsonl ("scores", "predictions", "references", ...).
+Metric = Callable[[list[dict[str, Any]]], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,14 @@ class Task:
     needs_teacher: bool = False
 
 
-# ----- metrics: lists of per-document sample scores -> numbers ---------------------------------------------------
+# ----- metrics: per-document records -> numbers ------------------------------------------------------------------
 
 
 def seed_mean(name: str, scale: float = 100.0) -> Metric:
     """Corpus mean per seed, then mean and spread across seeds (MiniLLM reports 5 seeds this way)."""
 
-    def metric(scores: list[SampleScores]) -> dict[str, float]:
+    def metric(samples: list[dict[str, Any]]) -> dict[str, float]:
+        scores = [sample["scores"] for sample in samples]
         seeds = len(scores[0][name])
         per_seed = [statistics.fmean(doc[name][seed] for doc in scores) * scale for seed in range(seeds)]
         spread = statistics.pstdev(per_seed) if seeds > 1 else 0.0
@@ -105,8 +107,8 @@ def seed_mean(name: str, scale: float = 100.0) -> Metric:
 def sample_mean(name: str, scale: float = 1.0) -> Metric:
     """Mean over every prediction of every document."""
 
-    def metric(scores: list[SampleScores]) -> dict[str, float]:
-        values = [value for doc in scores for value in doc[name]]
+    def metric(samples: list[dict[str, Any]]) -> dict[str, float]:
+        values = [value for sample in samples for value in sample["scores"][name]]
         return {name: statistics.fmean(values) * scale}
 
     return metric
