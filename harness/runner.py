@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import sys
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -91,6 +92,8 @@ def plan(config: EvalConfig) -> list[tuple[Task, list[Doc]]]:
             task = get_task(name)
         if task.needs_teacher and config.teacher is None:
             raise HarnessError(f"task {name} compares the model with a teacher: pass --teacher CKPT")
+        if task.sampling is not None:
+            sampling_for(task, config)  # a bad --gen-kwargs fails here, before the model loads
         planned.append((task, load_docs(task, data_dir, config.limit)))
     return planned
 
@@ -104,6 +107,8 @@ def generate_cached(backend, requests: list[GenerationRequest], cache: store.Gen
     keys = [store.request_key(backend.identity, dataclasses.asdict(request)) for request in requests]
     answers = cache.get_many(keys)
     missing = [i for i, key in enumerate(keys) if key not in answers]
+    if answers and missing and progress:
+        print(f"{desc}: resuming, {len(answers)} of {len(keys)} generations found in the cache", file=sys.stderr)
     chunk = getattr(backend, "chunk_size", 256)
     with tqdm(total=len(requests), initial=len(requests) - len(missing), desc=desc, unit="gen",
               disable=not progress) as bar:

@@ -136,6 +136,7 @@ class HFBackend(Backend):
             ref.path, self.device, pick_dtype(dtype, self.device), trust_remote_code
         )
         self.batch_size = batch_size
+        self.chunk_size = 4 * batch_size  # requests per cache commit: what an interruption can cost
         self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", 2048)
         self.eos_token_id = self.tokenizer.eos_token_id
 

@@ -11,6 +11,8 @@ _EXPORTS = {
     "rouge_l": "harness.metrics.text",
     "exact_match": "harness.metrics.text",
     "normalize_answer": "harness.metrics.text",
+    "rouge_l_many": "harness.metrics.text",
+    "distinct_n": "harness.metrics.text",
     "math_equal": "harness.metrics.math",
     "math_reward": "harness.metrics.math",
     "extract_answer": "harness.metrics.math",

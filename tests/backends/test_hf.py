@@ -1,0 +1,100 @@
+"""The transformers backend on real tiny models: decoding matches transformers, seeds are per request, scoring
+matches lm-eval's HFLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.backends import GenerationRequest, SamplingSettings, load
+from harness.errors import HarnessError
+
+PROMPTS = [f"The number {i} plus {i + 1} is" for i in range(12)] + ["Sort these words:", "pear", "x" * 40]
+
+
+@pytest.fixture(scope="module")
+def backend(random_model):
+    return load(str(random_model), batch_size=4, device="cpu")
+
+
+def texts(backend, requests, batch_size):
+    backend.batch_size = batch_size
+    return [completion.text for completion in backend.generate(requests, progress=False)]
+
+
+def test_greedy_equals_transformers_generate(backend):
+    settings = SamplingSettings(max_new_tokens=12)
+    ours = backend.generate([GenerationRequest(p, settings) for p in PROMPTS[:5]], progress=False)
+    for prompt, completion in zip(PROMPTS[:5], ours):
+        ids = backend.tokenizer(prompt, return_tensors="pt").input_ids
+        reference = backend.model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+        assert completion.text == backend.tokenizer.decode(reference[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_no_repeat_ngram_equals_transformers(backend):
+    settings = SamplingSettings(max_new_tokens=24, no_repeat_ngram_size=2)
+    ours = backend.generate([GenerationRequest(p, settings) for p in PROMPTS[:4]], progress=False)
+    for prompt, completion in zip(PROMPTS[:4], ours):
+        ids = backend.tokenizer(prompt, return_tensors="pt").input_ids
+        reference = backend.model.generate(ids, max_new_tokens=24, do_sample=False, no_repeat_ngram_size=2,
+                                           pad_token_id=0)
+        assert completion.text == backend.tokenizer.decode(reference[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_seeded_sampling_ignores_batch_neighbours(backend):
+    settings = SamplingSettings(max_new_tokens=16, temperature=1.0, top_p=0.9, top_k=50)
+    requests = [GenerationRequest(p, settings, seed=i) for i, p in enumerate(PROMPTS)]
+    alone = texts(backend, requests, batch_size=1)
+    assert texts(backend, requests, batch_size=8) == alone
+    assert texts(backend, requests[::-1], batch_size=5)[::-1] == alone
+    reseeded = texts(backend, [GenerationRequest(p, settings, seed=100 + i) for i, p in enumerate(PROMPTS)], 8)
+    assert reseeded != alone
+
+
+def test_greedy_is_batch_size_invariant(backend):
+    settings = SamplingSettings(max_new_tokens=16)
+    requests = [GenerationRequest(p, settings) for p in PROMPTS]
+    assert texts(backend, requests, 1) == texts(backend, requests, 8) == texts(backend, requests, 32)
+
+
+def test_stop_strings_and_budget(backend):
+    free = backend.generate([GenerationRequest(PROMPTS[0], SamplingSettings(max_new_tokens=20))], progress=False)[0]
+    assert free.finish_reason == "length" and free.num_tokens == 20
+    stop = free.text[3:5]
+    cut = backend.generate([GenerationRequest(PROMPTS[0], SamplingSettings(max_new_tokens=20, stop=(stop,)))],
+                           progress=False)[0]
+    assert cut.finish_reason == "stop" and stop not in cut.text and free.text.startswith(cut.text)
+
+
+def test_loglikelihood_equals_lm_eval_hflm(backend, random_model):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    pairs = [("The number 3 plus", " 4 is 7."), ("", "Sort these words"), ("Sort these ", "words: pear"),
+             ("pear", " apple fig."), ("The number 12 plus 13 is", " 25")]
+    peer = HFLM(pretrained=str(random_model), batch_size=2, device="cpu", dtype="float32")
+    expected = peer.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)])
+    ours = backend.loglikelihood(pairs, progress=False)
+    for (logprob, greedy), result in zip(expected, ours):
+        assert result.logprob == pytest.approx(logprob, abs=1e-4)
+        assert result.is_greedy == greedy
+    token_sums = [sum(lps) for lps in backend.token_logprobs(pairs, progress=False)]
+    assert token_sums == pytest.approx([r.logprob for r in ours], abs=1e-5)
+
+
+def test_loglikelihood_is_a_direct_computation(backend):
+    context, continuation = "The number 3 plus", " 4 is 7."
+    ids = backend.tokenizer(context + continuation, add_special_tokens=False).input_ids
+    n_context = len(backend.tokenizer(context, add_special_tokens=False).input_ids)
+    with torch.no_grad():
+        logprobs = torch.log_softmax(backend.model(torch.tensor([ids])).logits[0].float(), -1)
+    direct = sum(logprobs[i - 1, ids[i]].item() for i in range(n_context, len(ids)))
+    assert backend.loglikelihood([(context, continuation)], progress=False)[0].logprob == pytest.approx(direct, 1e-5)
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(HarnessError, match="no checkpoint"):
+        load(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HarnessError, match="config.json"):
+        load(str(tmp_path / "empty"))

@@ -1,0 +1,141 @@
+"""The runner, results store and generation cache, driven by a scripted backend (canned answers)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rouge_score import rouge_scorer
+
+from harness import runner
+from harness.backends.base import Backend, Completion, LoglikelihoodResult
+from harness.errors import HarnessError
+from harness.runner import EvalConfig, evaluate
+
+ROWS = [
+    {"instruction": "Say hi", "input": "", "output": "hello there friend", "prompt": "Say hi<n>### Response:<n>"},
+    {"instruction": "Count", "input": "", "output": "one two three", "prompt": "Count to three<n>"},
+    {"instruction": "Name", "input": "", "output": ["a cat", "the dog"], "prompt": "Name a pet<n>"},
+]
+
+
+class ScriptedBackend(Backend):
+    """Answers are a pure function of (prompt, seed); every generated request is counted."""
+
+    def __init__(self, model: str, **options):
+        self.name, self.identity, self.path = "scripted", f"weights-of-{model}", model
+        self.generated = 0
+
+    def generate(self, requests, progress=True):
+        self.generated += len(requests)
+        return [Completion(f" hello {r.prompt.split()[0].lower()} {r.seed % 3} ", 4, "stop") for r in requests]
+
+    def loglikelihood(self, requests, progress=True):
+        return [LoglikelihoodResult(-float(len(continuation)), False) for _, continuation in requests]
+
+    def token_logprobs(self, requests, progress=True):
+        return [[-1.0] * len(continuation.split()) for _, continuation in requests]
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    folder = tmp_path / "data" / "dolly"
+    folder.mkdir(parents=True)
+    (folder / "valid.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def backends(monkeypatch):
+    made: list[ScriptedBackend] = []
+
+    def fake_load(model, backend="hf", **options):
+        made.append(ScriptedBackend(model))
+        return made[-1]
+
+    monkeypatch.setattr(runner, "load", fake_load)
+    return made
+
+
+def run(data_dir, tmp_path, **changes):
+    settings = dict(model="m1", tasks="dolly", data_dir=str(data_dir), output_dir=str(tmp_path / "runs"),
+                    progress=False)
+    return evaluate(EvalConfig(**{**settings, **changes}))
+
+
+def test_results_and_samples_follow_the_protocol(data_dir, tmp_path, backends):
+    [path] = run(data_dir, tmp_path)
+    record = json.loads(path.read_text())
+    assert record["task"] == "dolly" and record["model"] == "scripted" and "instruct" in record["suites"]
+    assert record["model_identity"] == "weights-of-m1" and record["versions"]["torch"]
+    assert record["config"]["tasks"] == "dolly" and record["num_docs"] == 3
+    samples = [json.loads(line) for line in (path.parent / "samples.jsonl").read_text().splitlines()]
+    assert [s["doc_id"] for s in samples] == [0, 1, 2]
+    assert samples[0]["prompt"] == "Say hi\n### Response:\n"  # `<n>` in the released prompts is a newline
+    assert samples[2]["references"] == ["a cat", "the dog"]
+    assert len(samples[0]["predictions"]) == 5 and samples[0]["predictions"][0] == "hello say 1"  # seed 10, stripped
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    per_seed = []
+    for seed in (10, 20, 30, 40, 50):
+        values = []
+        for row in ROWS:
+            refs = row["output"] if isinstance(row["output"], list) else [row["output"]]
+            prediction = f"hello {row['prompt'].split()[0].lower()} {seed % 3}"
+            values.append(max(scorer.score(ref, prediction)["rougeL"].fmeasure for ref in refs))
+        per_seed.append(100 * sum(values) / len(values))
+    assert record["metrics"]["rougeL"] == pytest.approx(sum(per_seed) / 5)
+    assert record["metrics"]["gen_length"] == 4.0 and record["metrics"]["exact_match"] == 0.0
+    assert record["metrics"]["reference_loss"] == pytest.approx(1.0)
+
+
+def test_second_run_is_served_from_the_cache(data_dir, tmp_path, backends):
+    first = json.loads(run(data_dir, tmp_path)[0].read_text())["metrics"]
+    second = json.loads(run(data_dir, tmp_path)[0].read_text())["metrics"]
+    assert backends[0].generated == 15 and backends[1].generated == 0
+    assert first == second
+
+
+def test_other_weights_never_get_cached_answers(data_dir, tmp_path, backends):
+    run(data_dir, tmp_path, name="a")
+    run(data_dir, tmp_path, name="b", model="m2")
+    assert backends[1].generated == 15
+
+
+def test_greedy_asks_once_per_document_and_seeds_override(data_dir, tmp_path, backends):
+    run(data_dir, tmp_path, gen_kwargs={"do_sample": False})
+    assert backends[0].generated == 3
+    [path] = run(data_dir, tmp_path, seeds=(1, 2), overwrite=True)
+    samples = (path.parent / "samples.jsonl").read_text().splitlines()
+    assert len(json.loads(samples[0])["predictions"]) == 2
+
+
+def test_name_clash_with_other_weights_is_refused_and_keeps_results(data_dir, tmp_path, backends):
+    [path] = run(data_dir, tmp_path)
+    before = path.read_text()
+    with pytest.raises(HarnessError, match="--name"):
+        run(data_dir, tmp_path, model="m2")
+    assert path.read_text() == before
+    run(data_dir, tmp_path, model="m2", overwrite=True)
+    assert json.loads(path.read_text())["model_identity"] == "weights-of-m2"
+
+
+def test_bad_inputs_fail_before_any_work(data_dir, tmp_path, backends):
+    [path] = run(data_dir, tmp_path)
+    before = path.read_text()
+    with pytest.raises(HarnessError, match="gen-kwargs"):
+        run(data_dir, tmp_path, gen_kwargs={"temprature": 0.5})
+    with pytest.raises(HarnessError, match="unknown task"):
+        run(data_dir, tmp_path, tasks="dolly,nope")
+    bad = data_dir / "dolly" / "valid.jsonl"
+    bad.write_text(bad.read_text() + '{"prompt": 1}\n')
+    with pytest.raises(HarnessError, match="row 3"):
+        run(data_dir, tmp_path)
+    bad.write_text("{not json\n")
+    with pytest.raises(HarnessError, match="valid.jsonl:1"):
+        run(data_dir, tmp_path)
+    assert path.read_text() == before and len(backends) == 1
+
+
+def test_missing_data_names_the_file_and_the_fix(tmp_path, backends):
+    with pytest.raises(HarnessError, match=r"dolly/valid.jsonl.*--data-dir"):
+        run(tmp_path / "nowhere", tmp_path)
