@@ -80,15 +80,19 @@ def display_name(model: str, folder: Path) -> str:
     return name
 
 
-def resolve(model: str) -> ModelRef:
-    """A local folder is used as it is; anything else is tried as a hub id (downloaded once to the hub cache)."""
+def check_local(model: str) -> Path | None:
+    """The checkpoint folder if `model` is local, None if it is a hub id; a broken local path is an error."""
     local = Path(os.path.expanduser(model))
     if local.exists():
         if not (local / "config.json").is_file():
             raise HarnessError(f"{model} has no config.json: pass a folder saved with save_pretrained()")
-        folder = local
-    elif _looks_like_path(model):
+        return local
+    if _looks_like_path(model):
         raise HarnessError(f"no checkpoint at {model}: check the path, or pass a hub id such as gpt2")
-    else:
-        folder = _download(model)
+    return None
+
+
+def resolve(model: str) -> ModelRef:
+    """A local folder is used as it is; anything else is tried as a hub id (downloaded once to the hub cache)."""
+    folder = check_local(model) or _download(model)
     return ModelRef(path=folder, name=display_name(model, folder), identity=model_identity(folder))

@@ -23,6 +23,7 @@ from harness.backends import GenerationRequest, SamplingSettings, load
 from harness.config import to_dict
 from harness.data import load_docs
 from harness.errors import HarnessError
+from harness.models import check_local
 from harness.registry import LM_EVAL_PREFIX, expand, get_task
 from harness.task import ChoicePrediction, Doc, EvalContext, SampleScores, Task, TaskResult
 
@@ -231,6 +232,9 @@ def open_backend(model: str, config: EvalConfig):
 
 def evaluate(config: EvalConfig) -> list[Path]:
     """Run every task of `config` on its model; returns the paths of the written results.json files."""
+    for checkpoint in (config.model, config.teacher):
+        if checkpoint:
+            check_local(checkpoint)  # a mistyped path fails before any data loads
     planned = plan(config)
     model = config.model
     if model is None:

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Nothing may download at test time: hub look-ups fail at once instead of retrying for half a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HARNESS_DATA_DIR", REPO.parent / "shared" / "data"))
 

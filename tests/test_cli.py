@@ -1,0 +1,102 @@
+"""The command line as a user meets it: one-line errors with exit status 2, and a run that survives `kill -9`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.cli import main
+
+
+def harness(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=600,
+                          **kwargs)
+
+
+@pytest.fixture
+def data_dir(tmp_path, shared_data_rows):
+    folder = tmp_path / "data" / "dolly"
+    folder.mkdir(parents=True)
+    (folder / "valid.jsonl").write_text("".join(json.dumps(row) + "\n" for row in shared_data_rows))
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="module")
+def shared_data_rows():
+    return [{"instruction": f"Add {i} and {i + 1}", "input": "", "output": f"The answer is {2 * i + 1}.",
+             "prompt": f"### Instruction:<n>The number {i} plus {i + 1}<n><n>### Response:<n>"} for i in range(12)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "--model", "./no-such-ckpt", "--tasks", "dolly"], "no checkpoint at ./no-such-ckpt"),
+    (["eval", "--model", "MODEL", "--tasks", "nope"], "unknown task or suite 'nope'"),
+    (["eval", "--model", "MODEL", "--tasks", "dolly", "--data-dir", "/nonexistent"], "dolly/valid.jsonl"),
+    (["eval", "--model", "MODEL", "--tasks", "dolly", "--gen-kwargs", "tempreature=1"], "unknown --gen-kwargs key"),
+    (["eval", "--model", "MODEL", "--config", "/nonexistent.yaml"], "no config file at /nonexistent.yaml"),
+    (["report", "--output-dir", "/nonexistent"], "no results under /nonexistent"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, message, capsys, random_model):
+    assert main([str(random_model) if arg == "MODEL" else arg for arg in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_malformed_gen_kwargs_is_rejected_by_the_parser():
+    result = harness("eval", "--gen-kwargs", "oops")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "key=value" in result.stderr
+
+
+def test_tasks_lists_every_task_with_its_source(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in ("dolly", "self_inst", "vicuna", "sni", "unni", "synth"):
+        assert any(line.startswith(name + " ") for line in out.splitlines())
+    assert "hub: MiniLLM/dolly" in out and "suite instruct" in out
+
+
+def cached_rows(root) -> int:
+    database = root / ".cache" / "generations.sqlite"
+    if not database.exists():
+        return 0
+    try:
+        with sqlite3.connect(database) as connection:
+            return connection.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_finishes_without_redoing_work(random_model, data_dir, tmp_path):
+    args = ["eval", "--model", str(random_model), "--tasks", "dolly", "--data-dir", str(data_dir), "--batch-size",
+            "2", "--gen-kwargs", "max_new_tokens=24"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    process = subprocess.Popen([sys.executable, "-m", "harness", *args, "--output-dir", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while cached_rows(killed) < 16 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = cached_rows(killed)
+    assert 0 < done_before < 60, "the kill must land in the middle of the run"
+    assert not (killed / "rand" / "dolly" / "results.json").exists()
+
+    resumed = harness(*args, "--output-dir", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming, {done_before} of 60 generations found in the cache" in resumed.stderr
+    uninterrupted = harness(*args, "--output-dir", str(clean))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+
+    def outcome(root):
+        folder = next(root.glob("*/dolly"))
+        samples = [json.loads(line)["predictions"] for line in (folder / "samples.jsonl").read_text().splitlines()]
+        return json.loads((folder / "results.json").read_text())["metrics"], samples
+
+    assert outcome(killed) == outcome(clean)
