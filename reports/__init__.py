@@ -4,6 +4,7 @@ Importing the package registers the built-in figures through the same `register_
 plot uses.
 """
 
+from harness.reports import analysis_plots  # noqa: F401  (registers the analysis figures)
 from harness.reports.leaderboard import write_leaderboard
 from harness.reports.plots import FIGURES, display_name, register_figure
 

@@ -7,19 +7,31 @@ the mean and spread across seeds. Scores: ROUGE-L F (rouge_score's rougeL with t
 references) and exact match, both x100; mean generated length; the teacher-forced loss of the reference.
 Data: the MiniLLM evaluation files (`shared/data`), or the same files in the MiniLLM hub repos.
 Difference from the reference code: none intended; the spread is the population std over the five seed means.
+
+Analyses (MiniLLM section on diversity and long texts): every task also reports Dist-4 over all generated responses
+(`dist4`, x100, with its counts `dist4_distinct` / `dist4_total`). S-NI and UnNI also report ROUGE-L per bucket of
+reference length, [0,5], [6,10] and [11,inf) (`rougeL_len_0_5`, ... with the document counts `num_len_0_5`, ...).
+Reference length counts whitespace-separated words of the first reference: the paper counts GPT-2 tokens, but no
+tokenizer can be downloaded here and a model-independent count keeps the buckets equal for every model compared.
+Words are fewer than GPT-2 tokens, so short buckets hold a little more than the paper's. The difference against a
+baseline checkpoint is drawn in the report (`harness.reports.analysis_plots.register_length_baseline`).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from harness.backends.base import SamplingSettings
-from harness.metrics.text import exact_match, rouge_l
+from harness.metrics.text import distinct_n, exact_match, rouge_l
 from harness.registry import register_task
-from harness.task import DataSource, Doc, Task, sample_mean, seed_mean
+from harness.task import DataSource, Doc, Metric, Task, sample_mean, seed_mean
 
 MINILLM_SAMPLING = SamplingSettings(
     max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, no_repeat_ngram_size=6, max_prompt_tokens=256
 )
 MINILLM_SEEDS = (10, 20, 30, 40, 50)
+LENGTH_BUCKETS: tuple[tuple[int, int | None], ...] = ((0, 5), (6, 10), (11, None))  # inclusive; None: no end
 
 
 def released_prompt(doc: Doc) -> str:
@@ -39,9 +51,38 @@ def score_response(doc: Doc, prediction: str) -> dict[str, float]:
     return {"rougeL": rouge_l(prediction, references), "exact_match": exact_match(prediction, references)}
 
 
+def distinct_4(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """Dist-4 over every generated response of every seed, with its counts."""
+    distinct, total = distinct_n([p for sample in samples for p in sample["predictions"]], 4)
+    counts = {"dist4_distinct": float(distinct), "dist4_total": float(total)}
+    return {"dist4": 100.0 * distinct / total, **counts} if total else counts
+
+
+def reference_words(sample: dict[str, Any]) -> int:
+    return len(sample["references"][0].split())
+
+
+def rouge_by_reference_length(buckets: tuple[tuple[int, int | None], ...]) -> Metric:
+    """ROUGE-L (seed mean, x100) over the documents whose reference length falls in each bucket."""
+
+    def metric(samples: list[dict[str, Any]]) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for low, high in buckets:
+            key = f"len_{low}_{'inf' if high is None else high}"
+            upper = math.inf if high is None else high
+            inside = [s for s in samples if low <= reference_words(s) <= upper]
+            found[f"num_{key}"] = float(len(inside))
+            if inside:  # an empty bucket has no score, rather than a made-up 0
+                found[f"rougeL_{key}"] = seed_mean("rougeL")(inside)["rougeL"]
+        return found
+
+    return metric
+
+
 def instruction_task(name: str, local_file: str, hub_id: str, hub_files: str, description: str,
-                     data_builtin=None) -> Task:
-    """One MiniLLM-protocol task; the five sets differ only in their data."""
+                     data_builtin=None, length_buckets: tuple[tuple[int, int | None], ...] = ()) -> Task:
+    """One MiniLLM-protocol task; the five sets differ only in their data (and S-NI/UnNI in length buckets)."""
+    buckets = (rouge_by_reference_length(length_buckets),) if length_buckets else ()
     return Task(
         name=name,
         description=description,
@@ -52,7 +93,7 @@ def instruction_task(name: str, local_file: str, hub_id: str, hub_files: str, de
         sampling=MINILLM_SAMPLING,
         seeds=MINILLM_SEEDS,
         metrics=(seed_mean("rougeL"), seed_mean("exact_match"), sample_mean("gen_length"),
-                 sample_mean("reference_loss")),
+                 sample_mean("reference_loss"), distinct_4, *buckets),
         main_metric="rougeL",
         reference_loss=True,
     )
@@ -79,10 +120,12 @@ def vicuna() -> Task:
 @register_task("sni", suites=("instruct",))
 def sni() -> Task:
     return instruction_task("sni", "sinst/valid.jsonl", "MiniLLM/sinst", "11_/valid.jsonl",
-                            "Super-NaturalInstructions, reference length >= 11 tokens, 1,694 (MiniLLM)")
+                            "Super-NaturalInstructions test instances, 1,694 (MiniLLM evaluation file)",
+                            length_buckets=LENGTH_BUCKETS)
 
 
 @register_task("unni", suites=("instruct",))
 def unni() -> Task:
     return instruction_task("unni", "uinst/valid.jsonl", "MiniLLM/uinst", "11_/valid.jsonl",
-                            "Unnatural Instructions, reference length >= 11 tokens (MiniLLM; 1,050 here)")
+                            "Unnatural Instructions (MiniLLM evaluation file; 1,050 here, of its 10,000)",
+                            length_buckets=LENGTH_BUCKETS)

@@ -1,0 +1,75 @@
+"""ExAccErr, the excess accumulated error of MiniLLM's exposure-bias analysis, from per-position errors.
+
+The per-step error at position t is KL(p || q) between the oracle p (the teacher) and the model q (the student)
+next-token distributions, given a prefix. R(l) sums it over t <= l along prefixes sampled from the student;
+eps(l) does the same along prefixes sampled from the teacher. ExAccErr(l) = (R(l) - eps(l)) / eps(l) x 100%.
+Order of operations as the paper states it: average the per-position error over a prompt's samples, take
+cumulative sums over positions, average over prompts, then take the ratio.
+
+A sample that ended (end-of-sequence) before position t accumulates no further error: its error there is 0.
+Lengths l where eps(l) is 0 have no defined ratio and are left out of the curve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+
+# Per prompt, per sample, the error at each generated position (ragged: samples end at different lengths).
+PromptErrors = Sequence[Sequence[float]]
+
+
+@dataclass(frozen=True)
+class ExAccErr:
+    lengths: list[int]  # l = 1, 2, ... where the ratio is defined
+    value: list[float]  # ExAccErr(l) in percent
+    student_prefix: list[float]  # R(l) for l = 1..max_length
+    teacher_prefix: list[float]  # eps(l) for l = 1..max_length
+
+    def at(self, length: int) -> float:
+        """ExAccErr at `length`; a KeyError when it is not on the curve."""
+        try:
+            return self.value[self.lengths.index(length)]
+        except ValueError:
+            raise KeyError(f"ExAccErr is not defined at l={length}") from None
+
+
+def mean_over_samples(samples: PromptErrors, length: int) -> list[float]:
+    """Per-position error averaged over one prompt's samples, positions past a sample's end counting 0."""
+    if not samples:
+        raise ValueError("every prompt needs at least one sample")
+    totals = [0.0] * length
+    for errors in samples:
+        for t, error in enumerate(errors[:length]):
+            totals[t] += error
+    return [total / len(samples) for total in totals]
+
+
+def accumulated_error(prompts: Sequence[PromptErrors], length: int) -> list[float]:
+    """R(l) (or eps(l)) for l = 1..length: per-prompt cumulative sums of the sample-mean error, averaged."""
+    if not prompts:
+        raise ValueError("accumulated error needs at least one prompt")
+    curves = [list(accumulate(mean_over_samples(samples, length))) for samples in prompts]
+    return [sum(curve[t] for curve in curves) / len(curves) for t in range(length)]
+
+
+def exacc_err(student_prefix: Sequence[PromptErrors], teacher_prefix: Sequence[PromptErrors],
+              max_length: int | None = None) -> ExAccErr:
+    """ExAccErr(l) for l = 1..max_length (default: the longest sample) from the per-position errors of
+    student-sampled and teacher-sampled prefixes, given per prompt (the same prompts, in the same order)."""
+    if len(student_prefix) != len(teacher_prefix):
+        raise ValueError(f"{len(student_prefix)} prompts sampled from the student but {len(teacher_prefix)} from "
+                         "the teacher; use the same prompts for both")
+    if max_length is None:
+        max_length = max(len(errors) for prompts in (student_prefix, teacher_prefix)
+                         for samples in prompts for errors in samples)
+    r = accumulated_error(student_prefix, max_length)
+    eps = accumulated_error(teacher_prefix, max_length)
+    defined = [t for t in range(max_length) if eps[t] > 0.0]
+    return ExAccErr(
+        lengths=[t + 1 for t in defined],
+        value=[(r[t] - eps[t]) / eps[t] * 100.0 for t in defined],
+        student_prefix=r,
+        teacher_prefix=eps,
+    )
