@@ -41,6 +41,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return tuple(value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise HarnessError(f"setting {where} must be a number, not {value!r}") from None
     if annotation is Path and isinstance(value, str):
         return Path(value)
     return value

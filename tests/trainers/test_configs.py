@@ -1,0 +1,42 @@
+"""Every YAML recipe in configs/ loads into its method's config class (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.config import load
+from harness.errors import HarnessError
+from harness.trainers import METHODS, available_methods, config_class
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem.split("_")[0] in METHODS)
+
+
+def test_every_method_has_a_tiny_recipe_and_real_scale_recipes_exist():
+    assert {p.stem for p in RECIPES} >= set(METHODS)
+    assert any("gpt2" in p.stem for p in RECIPES) and any("qwen" in p.stem for p in RECIPES)
+    assert set(METHODS) <= set(available_methods())
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_loads_into_its_config_class(path):
+    config = load(config_class(path.stem.split("_")[0]), path)
+    assert config.model and config.batch_size % config.micro_batch_size == 0
+
+
+def test_paper_settings_of_the_gpt2_minillm_recipe():
+    config = load(config_class("minillm"), CONFIGS / "minillm_gpt2.yaml")
+    assert (config.lr, config.warmup_steps, config.betas, config.weight_decay) == (5e-6, 100, (0.9, 0.95), 1e-6)
+    assert (config.rollouts_per_round, config.ppo_epochs, config.batch_size, config.max_steps) == (256, 4, 64, 5000)
+    assert (config.mix_alpha, config.clip_eps, config.gamma, config.length_normalise) == (0.2, 0.2, 1.0, True)
+
+
+def test_unknown_keys_and_bad_values_are_user_errors(tmp_path):
+    with pytest.raises(HarnessError, match="unknown setting"):
+        load(config_class("kd"), CONFIGS / "kd.yaml", ["kd_ration=0.3"])
+    with pytest.raises(HarnessError, match="precision"):
+        load(config_class("sft"), CONFIGS / "sft.yaml", ["precision=fp8"])
+    with pytest.raises(HarnessError, match="unknown training method"):
+        config_class("ppo")

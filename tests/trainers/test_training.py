@@ -1,0 +1,79 @@
+"""End-to-end training on the tiny models: each method learns what it should, MiniLLM lowers reverse KL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.config import load
+from harness.trainers import train
+from harness.trainers.data import encode_prompt, read_jsonl
+from harness.trainers.minillm import MiniLLMConfig, MiniLLMTrainer, measure_reverse_kl
+
+
+def _log(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+
+
+def test_sft_lowers_validation_loss_and_writes_hf_checkpoints(synth, overrides, launcher, tmp_path):
+    seen = []
+    paths = train("sft", None, overrides(tmp_path) + [
+        "batch_size=16", "micro_batch_size=8", "max_steps=12", "eval_every=4", "save_every=4", "lr=2e-3",
+        "max_length=128"], on_checkpoint=lambda path, step: seen.append((path.name, step)))
+    assert [p.name for p in paths] == ["step-4", "step-8", "step-12"]
+    assert seen == [("step-4", 4), ("step-8", 8), ("step-12", 12)]
+    valid = [r["valid_loss"] for r in _log(tmp_path) if "valid_loss" in r]
+    assert valid[-1] < valid[0] - 0.3
+    assert (paths[-1] / "model.safetensors").is_file() and (paths[-1] / "tokenizer.json").is_file()
+    assert (tmp_path / "config.yaml").is_file() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_kd_logs_both_terms_and_mixes_them_half_and_half(synth, overrides, launcher, tmp_path):
+    train("kd", None, overrides(tmp_path) + ["batch_size=8", "micro_batch_size=8", "max_steps=2"])
+    for record in _log(tmp_path):
+        assert abs(record["loss"] - 0.5 * record["ce_loss"] - 0.5 * record["kd_loss"]) < 1e-4
+
+
+def test_seqkd_trains_on_teacher_samples_without_reading_gold_responses(synth, overrides, launcher, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = read_jsonl(synth.data / "train.jsonl")[:16]
+    (data / "train.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
+    (data / "valid.jsonl").write_text((synth.data / "valid.jsonl").read_text())
+    output = tmp_path / "run"
+    train("seqkd", None, overrides(output) + [
+        f"data_dir={data}", "batch_size=8", "micro_batch_size=8", "max_steps=2", "max_new_tokens=24"])
+    samples = [json.loads(line) for line in (output / "teacher_samples.jsonl").read_text().splitlines()]
+    assert [s["index"] for s in samples] == list(range(16))
+    assert all(0 < len(s["response_ids"]) <= 24 for s in samples)
+    assert len(_log(output)) == 2
+
+
+def _reverse_kl(overrides, model: Path, prompts: list[list[int]]) -> float:
+    config = load(MiniLLMConfig, None, overrides(Path("unused")) + [f"model={model}",
+                  "max_new_tokens=24", "rollout_batch_size=32"])
+    trainer = MiniLLMTrainer(config)
+    trainer.setup()
+    torch.manual_seed(0)
+    return measure_reverse_kl(trainer, prompts)
+
+
+@pytest.mark.slow
+def test_minillm_lowers_the_reverse_kl_to_the_teacher_on_held_out_prompts(synth, overrides, launcher, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(synth.student)
+    prompts = [encode_prompt(tokenizer, row["prompt"], 256) for row in read_jsonl(synth.data / "test.jsonl")[:32]]
+    before = _reverse_kl(overrides, synth.student, prompts)
+    paths = train("minillm", None, overrides(tmp_path) + [
+        "lr=1e-3", "warmup_steps=0", "batch_size=16", "micro_batch_size=16", "rollouts_per_round=32",
+        "ppo_epochs=2", "rollout_batch_size=32", "max_new_tokens=24", "max_steps=12", "eval_every=0",
+        "save_every=0", "eval_rollouts=8", "pretrain_seq_len=64", "pretrain_batch_size=8"])
+    after = _reverse_kl(overrides, paths[-1], prompts)
+    assert after < 0.9 * before, (before, after)
+    log = _log(tmp_path)
+    for name in ("pg_loss", "single_step_loss", "pt_loss", "reverse_kl", "response_length", "clip_fraction"):
+        assert all(name in record for record in log), name

@@ -1,0 +1,380 @@
+"""The shared training base: config, loading, optimisation, evaluation, logging, checkpoints and exact resume.
+
+A method subclasses `Trainer` and overrides only what differs: `prepare_data`, `micro_batches` and `compute_loss`
+(and `evaluate` to log more). The loop is written here instead of on `transformers.Trainer`/TRL because MiniLLM
+alternates rollout rounds with several PPO epochs over a buffer and adds a second data stream each step, and
+SeqKD regenerates its targets; one hand-written loop keeps checkpoint, resume and logging identical for all of
+them. It runs through `accelerate`, so the same code runs under `accelerate launch`/`torchrun` (DDP). Sampling
+and evaluation use the unwrapped model, so FSDP is not supported; nor is DeepSpeed, whose engine steps the
+optimizer inside every backward and so bypasses the accumulation here.
+
+`batch_size` is the number of sequences per optimizer step over all processes (the papers' batch size); each
+process runs `batch_size / num_processes` sequences in forward passes of at most `micro_batch_size`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from harness.config import to_dict
+from harness.errors import HarnessError
+from harness.trainers import checkpoint as ckpt
+from harness.trainers.checkpoint import best_checkpoint  # noqa: F401  (re-exported)
+from harness.trainers.data import (
+    Example,
+    batch_indices,
+    chunked,
+    encode_example,
+    field,
+    pad_examples,
+    read_jsonl,
+    shard,
+)
+from harness.trainers.loading import decay_groups, load_model, load_tokenizer, make_schedule
+
+_PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+_SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Settings every method shares. Paths may be relative to the working directory."""
+
+    model: str = ""  # the student (trained): an HF-format folder or hub id
+    teacher: str | None = None  # the frozen teacher, for the distillation methods
+    data_dir: Path = Path("data/synth")
+    train_file: str = "train.jsonl"
+    valid_file: str = "valid.jsonl"
+    max_train_samples: int | None = None  # use only the first N training rows
+    prompt_field: str = "prompt"
+    response_field: str = "output"
+    output_dir: Path = Path("runs/train")
+    max_prompt_tokens: int = 256  # prompts keep their last tokens
+    max_length: int = 512  # prompt + response tokens
+    lr: float = 5e-4
+    schedule: str = "cosine"  # cosine (to min_lr), linear (to 0) or constant, each after warm-up
+    min_lr: float = 1e-7
+    warmup_steps: int = 0
+    weight_decay: float = 0.01  # not applied to biases and norm weights
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    batch_size: int = 32  # sequences per optimizer step, all processes together
+    micro_batch_size: int = 8  # sequences per forward pass on one process
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs when set
+    eval_every: int = 0  # optimizer steps; 0: only after the last step
+    save_every: int = 0  # optimizer steps; 0: only after the last step
+    eval_batch_size: int = 16
+    max_eval_samples: int | None = None
+    precision: str = "fp32"  # fp32, bf16 or fp16 (mixed precision; master weights stay fp32)
+    seed: int = 1
+    resume: bool = True  # continue from the last complete checkpoint in output_dir
+    progress: bool = True  # tqdm bar on the main process
+
+    def __post_init__(self) -> None:
+        _parse_float_strings(self)
+        if self.precision not in _PRECISIONS:
+            raise HarnessError(f"precision={self.precision!r}: choose one of {', '.join(_PRECISIONS)}")
+        if self.schedule not in _SCHEDULES:
+            raise HarnessError(f"schedule={self.schedule!r}: choose one of {', '.join(_SCHEDULES)}")
+        if min(self.batch_size, self.micro_batch_size, self.epochs, self.eval_batch_size) < 1:
+            raise HarnessError("batch_size, micro_batch_size, epochs and eval_batch_size must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise HarnessError("max_steps must be at least 1 (or null to train for `epochs`)")
+
+
+def _parse_float_strings(config) -> None:
+    """YAML 1.1 reads `1e-3` (no dot) as a string; accept it wherever a float is declared."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if item.type in ("float", "float | None") and isinstance(value, str):
+            try:
+                setattr(config, item.name, float(value))
+            except ValueError:
+                raise HarnessError(f"{item.name}={value!r} is not a number") from None
+
+
+class Trainer:
+    """Shared loop; subclasses define the data (`prepare_data`, `micro_batches`) and the loss (`compute_loss`)."""
+
+    config_class: type = TrainConfig
+    method: str = "base"
+    needs_teacher: bool = False
+
+    def __init__(self, config: TrainConfig, on_checkpoint: Callable[[Path, int], None] | None = None):
+        self.config = config
+        self.on_checkpoint = on_checkpoint
+        self.checkpoints: list[Path] = []
+        self.teacher = None
+
+    # ---- the pipeline -------------------------------------------------------------------------------------
+    def run(self) -> list[Path]:
+        self.setup()
+        start = self.restore()
+        self.loop(start)
+        self.accelerator.wait_for_everyone()
+        return list(self.checkpoints)
+
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        config = self.config
+        self.accelerator = Accelerator(
+            mixed_precision=_PRECISIONS[config.precision], step_scheduler_with_optimizer=False
+        )
+        if int(os.environ.get("WORLD_SIZE", "1")) != self.accelerator.num_processes:
+            raise HarnessError("launched as several processes but accelerate saw one: on CPUs set "
+                               "ACCELERATE_USE_CPU=1 (or use `accelerate launch --cpu`)")
+        if config.batch_size % self.accelerator.num_processes:
+            raise HarnessError(
+                f"batch_size={config.batch_size} does not split over {self.accelerator.num_processes} processes"
+            )
+        set_seed(config.seed)
+        self.tokenizer = load_tokenizer(config.model)
+        self.vocab_size = len(self.tokenizer)
+        model = load_model(config.model)
+        if self.needs_teacher:
+            self.teacher = self.load_teacher()
+        self.prepare_data()
+        optimizer = torch.optim.AdamW(
+            decay_groups(model, config.weight_decay), lr=config.lr, betas=tuple(config.betas)
+        )
+        scheduler = make_schedule(config, optimizer, self.total_steps)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+
+    def load_teacher(self):
+        if not self.config.teacher:
+            raise HarnessError(f"{self.method} needs a teacher: set teacher=<checkpoint folder or hub id>")
+        if load_tokenizer(self.config.teacher).get_vocab() != self.tokenizer.get_vocab():
+            raise HarnessError("teacher and student tokenizers differ: distil between models of one tokenizer")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision, torch.float32)
+        teacher = load_model(self.config.teacher, dtype).to(self.accelerator.device).eval()
+        teacher.requires_grad_(False)
+        return teacher
+
+    @property
+    def student(self):
+        """The student without its DDP wrapper: for sampling and evaluation, which must not synchronise."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def loop(self, start: int) -> None:
+        from tqdm.auto import tqdm
+
+        config = self.config
+        bar = tqdm(
+            total=self.total_steps,
+            initial=start,
+            desc=self.method,
+            disable=not (config.progress and self.accelerator.is_main_process),
+        )
+        for step in range(start + 1, self.total_steps + 1):
+            began = time.perf_counter()
+            record = {"step": step, "lr": self.scheduler.get_last_lr()[0], **self.optimizer_step(step)}
+            seconds = time.perf_counter() - began
+            record.update(seconds=seconds, tokens_per_s=record.pop("tokens") / max(seconds, 1e-9))
+            last = step == self.total_steps
+            if (config.eval_every and step % config.eval_every == 0) or last:
+                record.update(self.evaluate())
+            self.log(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if (config.save_every and step % config.save_every == 0) or last:
+                self.save(step)
+        bar.close()
+
+    # ---- one optimizer step -------------------------------------------------------------------------------
+    def optimizer_step(self, step: int) -> dict[str, float]:
+        """Accumulate gradients over this process's micro-batches, then clip and step; return mean loss terms.
+
+        A micro-batch counts `loss_weight` towards the step's objective when it carries one (MiniLLM mixes
+        rollout and pre-training micro-batches); otherwise its share of the rows.
+        """
+        self.model.train()
+        batches = self.micro_batches(step)
+        rows = sum(self.batch_rows(batch) for batch in batches)
+        sums: dict[str, float] = defaultdict(float)
+        weights: dict[str, float] = defaultdict(float)
+        objective, tokens = 0.0, 0
+        for index, batch in enumerate(batches):
+            share = float(batch.pop("loss_weight", self.batch_rows(batch) / rows))
+            sync = index == len(batches) - 1
+            with nullcontext() if sync else self.accelerator.no_sync(self.model):
+                loss, terms = self.compute_loss(batch)
+                self.accelerator.backward(loss * share)
+            objective += loss.item() * share
+            for name, value in terms.items():
+                sums[name] += value * share
+                weights[name] += share
+            tokens += int(batch["attention_mask"].sum())
+        if self.config.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        means = {name: sums[name] / max(weights[name], 1e-12) for name in sums}
+        means = self.mean_over_processes({"loss": objective, **means, **self.step_stats()})
+        tokens_all = self.accelerator.reduce(torch.tensor(tokens, device=self.accelerator.device), "sum")
+        return {**means, "tokens": float(tokens_all)}
+
+    def step_stats(self) -> dict[str, float]:
+        """Extra numbers to log with every step (e.g. the current rollout round's mean response length)."""
+        return {}
+
+    @staticmethod
+    def batch_rows(batch: dict) -> int:
+        return len(batch["attention_mask"])
+
+    def mean_over_processes(self, values: dict[str, float]) -> dict[str, float]:
+        names = sorted(values)
+        stacked = torch.tensor([values[name] for name in names], device=self.accelerator.device)
+        reduced = self.accelerator.reduce(stacked, "mean")
+        return dict(zip(names, reduced.tolist(), strict=True))
+
+    # ---- data and loss: what methods override ------------------------------------------------------------
+    def read_examples(self, file_name: str, limit: int | None = None) -> list[Example]:
+        config = self.config
+        path = Path(config.data_dir) / file_name
+        rows = read_jsonl(path)[:limit]
+        return [
+            encode_example(
+                self.tokenizer,
+                field(row, config.prompt_field, path),
+                field(row, config.response_field, path),
+                config.max_prompt_tokens,
+                config.max_length,
+            )
+            for row in rows
+        ]
+
+    def prepare_data(self) -> None:
+        """Supervised data: gold responses for training and validation."""
+        self.train_examples = self.read_examples(self.config.train_file, self.config.max_train_samples)
+        self.valid_examples = self.read_examples(self.config.valid_file, self.config.max_eval_samples)
+        self.total_steps = self.supervised_steps(len(self.train_examples))
+
+    def supervised_steps(self, num_rows: int) -> int:
+        config = self.config
+        if config.max_steps is not None:
+            return config.max_steps
+        per_epoch = num_rows // config.batch_size
+        if per_epoch == 0:
+            raise HarnessError(f"{num_rows} training rows for batch_size={config.batch_size}: lower batch_size")
+        return config.epochs * per_epoch
+
+    def micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        """This process's share of global batch `step`, as padded micro-batches on the device."""
+        state = self.accelerator
+        rows = batch_indices(len(self.train_examples), self.config.batch_size, step - 1, self.config.seed)
+        mine = [self.train_examples[i] for i in shard(rows, state.process_index, state.num_processes)]
+        return [self.to_device(pad_examples(part, self.tokenizer.pad_token_id)) for part in
+                chunked(mine, self.config.micro_batch_size)]
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: tensor.to(self.accelerator.device) for name, tensor in batch.items()}
+
+    def student_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L, V) next-token logits of the trained model, cut to the tokenizer's vocabulary."""
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return out.logits[..., : self.vocab_size].float()
+
+    @torch.no_grad()
+    def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.accelerator.autocast():
+            out = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return out.logits[..., : self.vocab_size].float()
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The method's loss on one micro-batch, and the terms to log (floats)."""
+        raise NotImplementedError
+
+    # ---- evaluation, logging, checkpoints ----------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Token-level cross-entropy of the student on the gold validation responses (checkpoint selection)."""
+        from harness.trainers.sft import cross_entropy
+
+        state, model = self.accelerator, self.student
+        model.eval()
+        total = torch.zeros(2, device=state.device)
+        for part in chunked(shard(self.valid_examples, state.process_index, state.num_processes),
+                            self.config.eval_batch_size):
+            batch = self.to_device(pad_examples(part, self.tokenizer.pad_token_id))
+            with state.autocast():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            count = (batch["labels"][:, 1:] != -100).sum()
+            total += torch.stack([cross_entropy(logits[..., : self.vocab_size].float(), batch["labels"]) * count,
+                                  count.float()])
+        total = state.reduce(total, "sum")
+        return {"valid_loss": (total[0] / total[1].clamp(min=1)).item()}
+
+    def log(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            with (Path(self.config.output_dir) / "log.jsonl").open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def extra_state(self) -> dict:
+        """Method state beyond model/optimizer/RNG that a resumed run needs (e.g. MiniLLM's rollout buffer)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def write_config(self, folder: Path) -> None:
+        text = yaml.safe_dump({"method": self.method, **to_dict(self.config)}, sort_keys=False)
+        (folder / "config.yaml").write_text(text)
+
+    def save(self, step: int) -> None:
+        state, output = self.accelerator, Path(self.config.output_dir)
+        temporary = ckpt.temporary_folder(output, step)
+        state.save_state(str(temporary / ckpt.TRAINING_STATE))
+        weights = state.get_state_dict(self.model)
+        torch.save(self.extra_state(), temporary / ckpt.TRAINING_STATE / f"method_{state.process_index}.pt")
+        if state.is_main_process:
+            self.student.save_pretrained(temporary, state_dict=weights, safe_serialization=True)
+            self.tokenizer.save_pretrained(temporary)
+            self.write_config(temporary)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            self.checkpoints.append(ckpt.finish(temporary, step, {"method": self.method}))
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(self.checkpoints[-1], step)
+        state.wait_for_everyone()
+
+    def restore(self) -> int:
+        """Start fresh, or load the last complete checkpoint; return the step it ended."""
+        state, output = self.accelerator, Path(self.config.output_dir)
+        found = ckpt.complete_checkpoints(output)
+        if found and not self.config.resume:
+            raise HarnessError(f"{output} already holds checkpoints: set resume=true or choose another output_dir")
+        if state.is_main_process:
+            output.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_partial(output)
+            self.write_config(output)
+        state.wait_for_everyone()
+        self.checkpoints = found
+        if not found:
+            if state.is_main_process:
+                (output / "log.jsonl").unlink(missing_ok=True)
+            return 0
+        last = found[-1]
+        step = ckpt.checkpoint_step(last)
+        if step > self.total_steps:
+            raise HarnessError(f"{last} is past the {self.total_steps} steps configured: raise max_steps")
+        state.load_state(str(last / ckpt.TRAINING_STATE))
+        self.load_extra_state(torch.load(last / ckpt.TRAINING_STATE / f"method_{state.process_index}.pt",
+                                         weights_only=False))
+        if state.is_main_process:
+            ckpt.truncate_log(output / "log.jsonl", step)
+        return step
