@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from harness.errors import HarnessError
 
@@ -59,6 +60,8 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add("--trust-remote-code", action="store_true", default=None, help="allow checkpoints that ship Python code")
     add("--overwrite", action="store_true", default=None, help="replace results of other weights under --name")
     add("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
+    add("--chat-template", action="store_true", default=None,
+        help="wrap each prompt in the model's chat template as one user turn (default: plain prompts)")
     vllm = parser.add_argument_group("vLLM engine options")
     vllm.add_argument("--tensor-parallel-size", type=int)
     vllm.add_argument("--data-parallel-size", type=int)
@@ -129,8 +132,6 @@ def cmd_tiny(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from harness.reports import write_leaderboard
 
     root = Path(args.output_dir)
@@ -138,6 +139,36 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise HarnessError(f"no results under {root}: run `harness eval` first or pass --output-dir")
     for path in write_leaderboard(root):
         print(path)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from harness.pipeline import recipe_path
+    from harness.trainers import train
+
+    for path in train(args.method, recipe_path(args.method, args.config), args.overrides):
+        print(path)
+
+
+def cmd_train_and_eval(args: argparse.Namespace) -> None:
+    from harness.pipeline import PipelineSettings, tiny_distillation, train_and_evaluate
+    from harness.reports import write_leaderboard
+
+    settings = PipelineSettings(tasks=args.tasks, output_dir=args.output_dir, data_dir=args.data_dir,
+                                limit=args.limit, seeds=args.seeds, backend=args.backend,
+                                progress=args.progress)
+    if args.config is None and not args.overrides and args.method == "minillm":
+        timings = tiny_distillation(settings)
+        print("stage seconds: " + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in timings.items()))
+    else:
+        train_and_evaluate(args.method, args.config, args.overrides, settings)
+    for path in write_leaderboard(Path(args.output_dir)):
+        print(path)
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("method", help="sft, kd, seqkd or minillm (or a plug-in trainer)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe settings to override, e.g. lr=1e-4")
+    parser.add_argument("--config", help="YAML recipe (default: configs/METHOD.yaml, the tiny CPU recipe)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--force", action="store_true", help="rebuild even if cached")
     report = command("report", cmd_report, "write leaderboard.md and leaderboard.html from every results.json")
     report.add_argument("--output-dir", default="runs", help="results root to read (default: runs)")
+    training = command("train", cmd_train, "train a student with a recipe and save HF checkpoints")
+    _add_train_arguments(training)
+    both = command("train-and-eval", cmd_train_and_eval,
+                   "train, evaluate every checkpoint as soon as it is written, then write the leaderboard; "
+                   "`harness train-and-eval minillm` alone runs the built-in tiny recipe (teacher, SFT-initialised "
+                   "student, SFT/KD/SeqKD/MiniLLM students) on the CPU in minutes")
+    _add_train_arguments(both)
+    both.add_argument("--tasks", default="synth", help="tasks evaluated at each checkpoint (default: synth)")
+    both.add_argument("--output-dir", default="runs", help="results root (default: runs)")
+    both.add_argument("--data-dir", help="data folder for the evaluation tasks")
+    both.add_argument("--limit", type=int, help="evaluate only the first N rows of each task")
+    both.add_argument("--seeds", type=_csv_ints, help="sampling seeds of the evaluation (default: the task's)")
+    both.add_argument("--backend", default="hf", choices=["hf", "vllm", "auto"])
+    both.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return parser
 
 

@@ -11,6 +11,7 @@ import datetime
 import os
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -50,6 +51,7 @@ class EvalConfig:
     backend_options: dict[str, Any] = field(default_factory=dict)  # e.g. tensor_parallel_size for vLLM
     overwrite: bool = False
     progress: bool = True
+    chat_template: bool = False  # wrap generation prompts in the model's chat template (one user turn)
     training: dict[str, Any] | None = None  # {"method", "step"} when evaluating a trainer's checkpoint
 
 
@@ -123,10 +125,17 @@ def generate_cached(backend, requests: list[GenerationRequest], cache: store.Gen
     return [answers[key] for key in keys]
 
 
+def model_prompt(task: Task, doc: Doc, backend, config: EvalConfig) -> str:
+    """The prompt as the model sees it: a generation task's prompt goes into the chat template when asked."""
+    prompt = task.prompt(doc)
+    return backend.chat_prompt(prompt) if config.chat_template and task.choices is None else prompt
+
+
 def run_generation(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) -> tuple[list, list]:
     sampling = sampling_for(task, config)
     seeds = seeds_for(task, config, sampling)
-    requests = [GenerationRequest(task.prompt(doc), sampling, seed) for doc in docs for seed in seeds]
+    prompts = [model_prompt(task, doc, backend, config) for doc in docs]
+    requests = [GenerationRequest(prompt, sampling, seed) for prompt in prompts for seed in seeds]
     answers = generate_cached(backend, requests, cache, config.progress, desc=task.name)
     per_doc = [answers[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(docs))]
     predictions = [[task.postprocess(answer["text"]) for answer in doc_answers] for doc_answers in per_doc]
@@ -152,6 +161,23 @@ def reference_losses(task: Task, docs: list[Doc], backend, config: EvalConfig) -
 # ----- stage 3: score and aggregate ------------------------------------------------------------------------------
 
 
+def score_predictions(task: Task, docs: list[Doc], predictions: list[list[Any]]) -> list[list[dict[str, float]]]:
+    """Per document, the scorer's result for each of its predictions; batched when the task can batch."""
+    pairs = [(doc, prediction) for doc, doc_predictions in zip(docs, predictions) for prediction in doc_predictions]
+    flat = iter(task.score_many(pairs) if task.score_many else [task.scorer(doc, p) for doc, p in pairs])
+    return [[next(flat) for _ in doc_predictions] for doc_predictions in predictions]
+
+
+def annotations(annotate: Callable[[Doc, Any], dict[str, Any]], doc: Doc,
+                doc_predictions: list[Any]) -> dict[str, list[Any]]:
+    """A task's non-score fields, one list per field with one entry per prediction (like `scores`)."""
+    found: dict[str, list[Any]] = {}
+    for prediction in doc_predictions:
+        for name, value in annotate(doc, prediction).items():
+            found.setdefault(name, []).append(value)
+    return found
+
+
 def score_task(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) -> TaskResult:
     if task.choices is not None:
         predictions: list[list[Any]] = run_choices(task, docs, backend, config)
@@ -159,11 +185,12 @@ def score_task(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) 
     else:
         predictions, lengths = run_generation(task, docs, backend, cache, config)
     losses = reference_losses(task, docs, backend, config) if task.reference_loss else None
+    scored = score_predictions(task, docs, predictions)
     samples = []
     for doc_id, (doc, doc_predictions) in enumerate(zip(docs, predictions)):
         doc_scores: SampleScores = {}
-        for prediction in doc_predictions:
-            for name, value in task.scorer(doc, prediction).items():
+        for prediction_scores in scored[doc_id]:
+            for name, value in prediction_scores.items():
                 doc_scores.setdefault(name, []).append(float(value))
         if lengths is not None:
             doc_scores["gen_length"] = lengths[doc_id]
@@ -171,10 +198,11 @@ def score_task(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) 
             doc_scores["reference_loss"] = [losses[doc_id]]
         samples.append({
             "doc_id": doc_id,
-            "prompt": task.prompt(doc),
+            "prompt": model_prompt(task, doc, backend, config),
             "references": task.references(doc),
             "predictions": [p if isinstance(p, str) else dataclasses.asdict(p) for p in doc_predictions],
             "scores": doc_scores,
+            **({"annotations": annotations(task.annotate, doc, doc_predictions)} if task.annotate else {}),
         })
     metrics: dict[str, float] = {}
     for metric in task.metrics:

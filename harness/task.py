@@ -39,6 +39,7 @@ class DataSource:
     split: str = "test"
     fields: Mapping[str, str] = field(default_factory=dict)
     builtin: Callable[[], Path] | None = None
+    external: bool = False  # the task reads its own data (lm-eval tasks): the runner loads no rows for it
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,11 @@ class Task:
     reference_loss: bool = False  # also log the teacher-forced LM loss of the first reference
     evaluate: Callable[[EvalContext], TaskResult] | None = None
     needs_teacher: bool = False
+    # Scoring all predictions in one call, for scorers that batch (parallel math verification); same results as
+    # `scorer` on each (doc, prediction) pair, in order.
+    score_many: Callable[[list[tuple[Doc, Any]]], list[dict[str, float]]] | None = None
+    # Non-score fields of one prediction (the extracted answer, how it was found), kept in samples.jsonl.
+    annotate: Callable[[Doc, Any], dict[str, Any]] | None = None
 
 
 # ----- metrics: per-document records -> numbers ------------------------------------------------------------------

@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from harness.errors import HarnessError
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -78,6 +80,14 @@ class Backend(ABC):
     @abstractmethod
     def token_logprobs(self, requests: Sequence[tuple[str, str]], progress: bool = True) -> list[list[float]]:
         """The log-prob of each continuation token, split as in `loglikelihood`."""
+
+    def chat_prompt(self, text: str) -> str:
+        """`text` as one user turn in the checkpoint's chat template, ending where the assistant's reply begins."""
+        tokenizer = self.tokenizer  # every backend keeps its checkpoint's transformers tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise HarnessError(f"{self.name} has no chat template: drop --chat-template to use plain prompts")
+        messages = [{"role": "user", "content": text}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def close(self) -> None:
         """Release the engine. Backends hold GPU memory or worker processes; closing twice is harmless."""

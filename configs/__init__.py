@@ -1,0 +1,1 @@
+"""Training recipes (YAML), shipped with the package so `harness train METHOD` finds them anywhere."""

@@ -1,0 +1,95 @@
+"""Train, then evaluate every checkpoint the moment it is written, then draw the leaderboard.
+
+`train_and_evaluate` does this for one method and recipe. `tiny_distillation` is the built-in recipe behind
+`harness train-and-eval minillm` with no config: the tiny teacher, a student initialised by SFT (the checkpoint with
+the lowest validation loss), then SFT, KD, SeqKD and MiniLLM students from it, all evaluated on `synth`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from importlib import resources
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.runner import EvalConfig, evaluate
+
+CONFIGS = Path(str(resources.files("harness.configs")))
+DISTILLATION_METHODS = ("sft", "kd", "seqkd", "minillm")
+
+
+@dataclass
+class PipelineSettings:
+    """How checkpoints are evaluated; the recipe says how they are trained."""
+
+    tasks: str = "synth"
+    output_dir: str = "runs"
+    data_dir: str | None = None
+    limit: int | None = None
+    seeds: tuple[int, ...] | None = None
+    backend: str = "hf"
+    progress: bool = True
+
+
+def recipe_path(method: str, config: str | Path | None) -> Path:
+    path = Path(config) if config else CONFIGS / f"{method}.yaml"
+    if not path.is_file():
+        raise HarnessError(f"no recipe at {path}: pass --config FILE (see configs/ for examples)")
+    return path
+
+
+def evaluate_checkpoint(path: Path, method: str, step: int, settings: PipelineSettings) -> list[Path]:
+    config = EvalConfig(model=str(path), tasks=settings.tasks, data_dir=settings.data_dir,
+                        output_dir=settings.output_dir, name=f"{method}__step-{step}", limit=settings.limit,
+                        seeds=settings.seeds, backend=settings.backend, progress=settings.progress,
+                        overwrite=True,  # the pipeline owns these names; a retrained step replaces its results
+                        training={"method": method, "step": step})
+    return evaluate(config)
+
+
+def train_and_evaluate(method: str, config: str | Path | None, overrides: Iterable[str],
+                       settings: PipelineSettings, label: str | None = None) -> list[Path]:
+    """Train `method`; evaluate each checkpoint as soon as it is complete. Returns the checkpoints."""
+    from harness.trainers import train
+
+    def on_checkpoint(path: Path, step: int) -> None:
+        evaluate_checkpoint(path, label or method, step, settings)
+
+    checkpoints = train(method, recipe_path(method, config), list(overrides), on_checkpoint=on_checkpoint)
+    for path in checkpoints:  # checkpoints finished before an interruption, evaluated now (cache makes it cheap)
+        results = Path(settings.output_dir) / f"{label or method}__{path.name}"
+        if not results.is_dir():
+            evaluate_checkpoint(path, label or method, int(path.name.split("-")[-1]), settings)
+    return checkpoints
+
+
+def tiny_distillation(settings: PipelineSettings, methods: Iterable[str] = DISTILLATION_METHODS) -> dict[str, float]:
+    """The built-in recipe; returns the wall-clock seconds of each stage."""
+    from harness import tiny
+    from harness.trainers.checkpoint import best_checkpoint
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    paths = tiny.build(progress=settings.progress)
+    root = Path(settings.output_dir) / "train"
+    data = paths.data / "synth"
+    timings["build"] = time.perf_counter() - start
+
+    evaluate(EvalConfig(model=str(paths.teacher), tasks=settings.tasks, output_dir=settings.output_dir,
+                        name="teacher", limit=settings.limit, seeds=settings.seeds, progress=settings.progress,
+                        overwrite=True))
+    timings["teacher"] = time.perf_counter() - start - sum(timings.values())
+
+    common = [f"teacher={paths.teacher}", f"data_dir={data}", f"progress={settings.progress}"]
+    init = root / "sft-init"
+    train_and_evaluate("sft", None, [*common, f"model={paths.student}", f"output_dir={init}"],
+                       dataclasses.replace(settings, tasks=settings.tasks), label="sft-init")
+    student = best_checkpoint(init)
+    timings["sft-init"] = time.perf_counter() - start - sum(timings.values())
+    for method in methods:
+        train_and_evaluate(method, None, [*common, f"model={student}", f"output_dir={root / method}"], settings)
+        timings[method] = time.perf_counter() - start - sum(timings.values())
+    return timings

@@ -1,0 +1,246 @@
+"""The math reasoning suite of RLVR papers (suite `math`): GSM8K, MATH-500, AIME 2024/2025, AMC 2023, Minerva Math
+and OlympiadBench, scored by the final answer.
+
+Protocol (eval-protocols section 4, as in the Qwen2.5-Math evaluation and the RLVR papers that reuse it, TRAPO
+among them): the problem, then "Please reason step by step, and put your final answer within \\boxed{}." as the
+plain prompt, or the same text as one user turn of the model's chat template (`--chat-template`). The answer is the
+last `\\boxed{}` of the completion; when there is none the last number is taken and counted as a fallback
+(`fallback_rate`; per prediction `method` in samples.jsonl). Answers are verified against the gold with
+`math_equal_many` (exact numbers, else math-verify in killable workers).
+
+Sampling: AIME 2024, AIME 2025 and AMC 2023 draw 32 samples at temperature 0.6, top-p 0.95 (avg@32); the others
+decode greedily once (the Qwen2.5-Math style). All allow 2,048 new tokens; reasoning models need
+`--gen-kwargs max_new_tokens=32768`. `--samples k` with a sampling temperature gives avg@k on any set.
+Metrics (x100): `avg@k` (mean correctness over the k samples, equal to the unbiased `pass@1`), `pass@k` for
+k = 1, 2, 4, ... and k itself (Chen et al. 2021 estimator), `maj@k` (majority vote, equivalent answers pooled);
+`fallback_rate` in percent, `num_samples` k, mean `gen_length` in tokens.
+
+Data (`shared/data/<set>/test.jsonl`, else the hub): GSM8K test (openai/gsm8k, gold after `####`); MATH-500
+(HuggingFaceH4/MATH-500); AIME 2024 (HuggingFaceH4/aime_2024); AIME 2025 (math-ai/aime25); AMC 2023, the 40
+problems of AMC 12A/12B 2023 (math-ai/amc23), not the 83-problem AMC set (AI-MO/aimo-validation-amc) behind
+TRAPO's "AMC" column; Minerva Math, 272 OCW problems (locally the gold is the last `\\boxed{}` of `solution`, on
+the hub math-ai/minervamath the `answer` column); OlympiadBench, English text-only open-ended maths, 675 problems
+(Hothan/OlympiadBench, OE_TO_maths_en_COMP; gold `final_answer`).
+Differences from the Qwen2.5-Math code: one prompt for every set (it has per-set few-shot and chat prompts),
+its own answer normaliser is replaced by math-verify (see `harness.metrics.math`), and OlympiadBench's unit is not
+appended to the gold.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from harness.backends.base import SamplingSettings
+from harness.metrics.math import extract_answer, gsm8k_gold, math_equal_many
+from harness.metrics.passk import mean_pass_at_k
+from harness.registry import register_task
+from harness.task import DataSource, Doc, Task, sample_mean
+
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+MAX_NEW_TOKENS = 2048
+GREEDY = SamplingSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
+SAMPLED = SamplingSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=0.6, top_p=0.95)
+SAMPLED_SEEDS = tuple(range(32))
+VERIFY_TIMEOUT = 5.0  # seconds per answer; math-verify can hang on inputs like nested powers
+
+Record = dict[str, Any]  # one document's record in samples.jsonl
+
+
+# ----- gold answers ----------------------------------------------------------------------------------------------
+
+
+def answer_field(doc: Doc) -> str:
+    """The `answer` field as text; AMC stores numbers as floats (27.0), shown here as 27."""
+    answer = doc["answer"]
+    if isinstance(answer, float) and answer.is_integer():
+        return str(int(answer))
+    return str(answer)
+
+
+def gsm8k_answer(doc: Doc) -> str:
+    return gsm8k_gold(doc["answer"])
+
+
+def minerva_answer(doc: Doc) -> str:
+    if "answer" in doc:  # the hub copy has the answer as a column
+        return answer_field(doc)
+    answer, method = extract_answer(doc["solution"])
+    if method != "boxed":
+        raise ValueError("the `solution` field has no \\boxed{} answer")
+    return answer
+
+
+def olympiad_answer(doc: Doc) -> str:
+    return ", ".join(doc["final_answer"])
+
+
+# ----- prompt and scoring ----------------------------------------------------------------------------------------
+
+
+def cot_prompt(field: str) -> Callable[[Doc], str]:
+    def prompt(doc: Doc) -> str:
+        return f"{doc[field].strip()}\n{INSTRUCTION}"
+
+    return prompt
+
+
+def annotate(doc: Doc, prediction: str) -> dict[str, Any]:
+    answer, method = extract_answer(prediction)
+    return {"extracted": answer, "method": method}
+
+
+def verify(golds: list[str], predictions: list[str]) -> list[dict[str, float]]:
+    """Correctness and fallback flag of each prediction, all verified in one parallel call."""
+    extracted = [extract_answer(prediction) for prediction in predictions]
+    to_check = [i for i, (answer, _) in enumerate(extracted) if answer is not None]
+    verdicts = math_equal_many([(golds[i], extracted[i][0]) for i in to_check], timeout=VERIFY_TIMEOUT)
+    correct = dict(zip(to_check, verdicts))
+    return [{"correct": float(correct.get(i, False)), "fallback": float(method == "last_number")}
+            for i, (_, method) in enumerate(extracted)]
+
+
+# ----- metrics: per-document records -> numbers ------------------------------------------------------------------
+
+
+def correct_counts(samples: list[Record]) -> list[tuple[int, int]]:
+    """(samples drawn, samples correct) per document."""
+    return [(len(s["scores"]["correct"]), int(sum(s["scores"]["correct"]))) for s in samples]
+
+
+def pass_ks(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, and n itself."""
+    ks = [1 << i for i in range(n.bit_length()) if 1 << i <= n]
+    return ks if ks[-1] == n else [*ks, n]
+
+
+def avg_and_pass_at_k(samples: list[Record]) -> dict[str, float]:
+    counts = correct_counts(samples)
+    n = min(drawn for drawn, _ in counts)  # every document gets the same seeds, so this is every document's n
+    found = {f"avg@{n}": 100.0 * sum(c / drawn for drawn, c in counts) / len(counts), "num_samples": float(n)}
+    for k in pass_ks(n):
+        found[f"pass@{k}"] = 100.0 * mean_pass_at_k(counts, k)
+    return found
+
+
+def majority_correct(samples: list[Record]) -> list[bool]:
+    """Per document, whether its most common answer is right. As `harness.metrics.math.majority_answer`: equivalent
+    answers vote together, a group is represented by its first answer, ties go to the earliest group and missing
+    or empty answers do not vote. Identical strings always share a group, and the equivalence of every pair of
+    distinct answers is decided up front in one parallel call."""
+    distinct = [list(dict.fromkeys(voting_answers(sample))) for sample in samples]
+    pairs = [(doc, i, j) for doc, answers in enumerate(distinct) for j in range(len(answers)) for i in range(j)]
+    verdicts = math_equal_many([(distinct[d][i], distinct[d][j]) for d, i, j in pairs], timeout=VERIFY_TIMEOUT)
+    equal = {pair for pair, same in zip(pairs, verdicts, strict=True) if same}
+    return [_majority_is_correct(sample, answers, lambda i, j, doc=doc: (doc, i, j) in equal)
+            for doc, (sample, answers) in enumerate(zip(samples, distinct))]
+
+
+def voting_answers(sample: Record) -> list[str]:
+    return [answer for answer in sample["annotations"]["extracted"] if answer and answer.strip()]
+
+
+def _majority_is_correct(sample: Record, distinct: list[str], equal: Callable[[int, int], bool]) -> bool:
+    representatives: list[int] = []  # indices into `distinct`, in the order the groups were opened
+    group_of: dict[str, int] = {}
+    for j, answer in enumerate(distinct):
+        group = next((i for i in representatives if equal(i, j)), None)
+        if group is None:
+            representatives.append(j)
+            group = j
+        group_of[answer] = group
+    votes = Counter(group_of[answer] for answer in voting_answers(sample))
+    if not votes:
+        return False
+    winner = max(representatives, key=votes.__getitem__)  # max keeps the first of equals: the earliest group
+    first = sample["annotations"]["extracted"].index(distinct[winner])
+    return bool(sample["scores"]["correct"][first])
+
+
+def fallback_rate(samples: list[Record]) -> dict[str, float]:
+    """Percent of predictions whose answer is the last number, not a boxed one."""
+    return {"fallback_rate": sample_mean("fallback", 100.0)(samples)["fallback"]}
+
+
+def majority_at_k(samples: list[Record]) -> dict[str, float]:
+    n = min(drawn for drawn, _ in correct_counts(samples))
+    results = majority_correct(samples)
+    return {f"maj@{n}": 100.0 * sum(results) / len(results)}
+
+
+# ----- tasks -----------------------------------------------------------------------------------------------------
+
+
+def math_task(name: str, description: str, data: DataSource, problem_field: str, gold: Callable[[Doc], str],
+              sampled: bool) -> Task:
+    """One benchmark of the suite; the seven differ in data, gold field and whether they sample 32 times."""
+
+    def score_many(pairs: list[tuple[Doc, str]]) -> list[dict[str, float]]:
+        return verify([gold(doc) for doc, _ in pairs], [prediction for _, prediction in pairs])
+
+    return Task(
+        name=name,
+        description=description,
+        data=data,
+        prompt=cot_prompt(problem_field),
+        references=lambda doc: [gold(doc)],
+        scorer=lambda doc, prediction: score_many([(doc, prediction)])[0],
+        score_many=score_many,
+        annotate=annotate,
+        sampling=SAMPLED if sampled else GREEDY,
+        seeds=SAMPLED_SEEDS if sampled else (0,),
+        metrics=(avg_and_pass_at_k, majority_at_k, fallback_rate, sample_mean("gen_length")),
+        main_metric="pass@1",
+    )
+
+
+@register_task("gsm8k", suites=("math",))
+def gsm8k() -> Task:
+    return math_task("gsm8k", "GSM8K test, 1,319 grade-school problems (greedy)",
+                     DataSource("gsm8k/test.jsonl", hub_id="openai/gsm8k", hub_config="main"),
+                     "question", gsm8k_answer, sampled=False)
+
+
+@register_task("math500", suites=("math",))
+def math500() -> Task:
+    return math_task("math500", "MATH-500, the PRM800K test subset of MATH (greedy)",
+                     DataSource("math500/test.jsonl", hub_id="HuggingFaceH4/MATH-500"),
+                     "problem", answer_field, sampled=False)
+
+
+@register_task("aime24", suites=("math",))
+def aime24() -> Task:
+    return math_task("aime24", "AIME 2024 I and II, 30 problems (avg@32, T=0.6)",
+                     DataSource("aime24/test.jsonl", hub_id="HuggingFaceH4/aime_2024", split="train"),
+                     "problem", answer_field, sampled=True)
+
+
+@register_task("aime25", suites=("math",))
+def aime25() -> Task:
+    return math_task("aime25", "AIME 2025 I and II, 30 problems (avg@32, T=0.6)",
+                     DataSource("aime25/test.jsonl", hub_id="math-ai/aime25"),
+                     "problem", answer_field, sampled=True)
+
+
+@register_task("amc23", suites=("math",))
+def amc23() -> Task:
+    return math_task("amc23", "AMC 12 2023 (A and B), 40 problems; not the 83-problem AMC set (avg@32, T=0.6)",
+                     DataSource("amc23/test.jsonl", hub_id="math-ai/amc23"),
+                     "problem", answer_field, sampled=True)
+
+
+@register_task("minerva_math", suites=("math",))
+def minerva_math() -> Task:
+    return math_task("minerva_math", "Minerva Math, 272 MIT OCW problems (greedy)",
+                     DataSource("minerva_math/test.jsonl", hub_id="math-ai/minervamath",
+                                fields={"problem": "question"}),
+                     "problem", minerva_answer, sampled=False)
+
+
+@register_task("olympiadbench", suites=("math",))
+def olympiadbench() -> Task:
+    return math_task("olympiadbench", "OlympiadBench, English text-only open-ended maths, 675 problems (greedy)",
+                     DataSource("olympiadbench/test.jsonl", hub_id="Hothan/OlympiadBench",
+                                hub_config="OE_TO_maths_en_COMP", split="train"),
+                     "question", olympiad_answer, sampled=False)
