@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from importlib import resources
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from harness.errors import HarnessError

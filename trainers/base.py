@@ -14,7 +14,6 @@ process runs `batch_size / num_processes` sequences in forward passes of at most
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -83,7 +82,6 @@ class TrainConfig:
     progress: bool = True  # tqdm bar on the main process
 
     def __post_init__(self) -> None:
-        _parse_float_strings(self)
         if self.precision not in _PRECISIONS:
             raise HarnessError(f"precision={self.precision!r}: choose one of {', '.join(_PRECISIONS)}")
         if self.schedule not in _SCHEDULES:
@@ -92,17 +90,6 @@ class TrainConfig:
             raise HarnessError("batch_size, micro_batch_size, epochs and eval_batch_size must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise HarnessError("max_steps must be at least 1 (or null to train for `epochs`)")
-
-
-def _parse_float_strings(config) -> None:
-    """YAML 1.1 reads `1e-3` (no dot) as a string; accept it wherever a float is declared."""
-    for item in dataclasses.fields(config):
-        value = getattr(config, item.name)
-        if item.type in ("float", "float | None") and isinstance(value, str):
-            try:
-                setattr(config, item.name, float(value))
-            except ValueError:
-                raise HarnessError(f"{item.name}={value!r} is not a number") from None
 
 
 class Trainer:
