@@ -56,6 +56,8 @@ def _from_hub(task: Task) -> list[Doc]:
 def load_docs(task: Task, data_dir: str | Path | None, limit: int | None = None) -> list[Doc]:
     """The task's rows: built-in data first, then the local folder, then the hub."""
     source = task.data
+    if source.external:
+        return []
     root = source.builtin() if source.builtin else (Path(data_dir).expanduser() if data_dir else None)
     if root is not None and (root / source.local_file).is_file():
         rows = read_rows(root / source.local_file)

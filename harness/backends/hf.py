@@ -88,6 +88,14 @@ class _Row:
             self.seen_ngrams.setdefault(tuple(gram[:-1]), set()).add(gram[-1])
 
 
+@dataclass
+class _Scored:
+    """One scoring request: where its result goes and the continuation tokens it scores."""
+
+    index: int
+    targets: list[int]
+
+
 def _index_ngrams(tokens: list[int], n: int) -> dict[tuple[int, ...], set[int]]:
     seen: dict[tuple[int, ...], set[int]] = {}
     for start in range(len(tokens) - n + 1) if n > 0 else ():
@@ -230,50 +238,105 @@ class HFBackend(Backend):
 
     # ----- scoring ----------------------------------------------------------------------------------------------
 
-    def _split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    def _split_many(self, requests: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
         """lm-eval's convention: trailing context whitespace belongs to the continuation, and the continuation's
-        tokens are what encoding the whole string adds after the context's tokens."""
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        if not context:
-            return [self.eos_token_id], self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
-        whole = self.tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-        context_tokens = self.tokenizer(context, add_special_tokens=False)["input_ids"]
-        return context_tokens, whole[len(context_tokens) :]
+        tokens are what encoding the whole string adds after the context's tokens. One tokenizer call per list
+        (and one encoding per distinct context): per-string calls cost as much as a tiny model's forward pass."""
+        moved = []
+        for context, continuation in requests:
+            spaces = len(context) - len(context.rstrip())
+            moved.append((context[:-spaces], context[-spaces:] + continuation) if spaces else (context, continuation))
+        contexts = sorted({context for context, _ in moved if context})
+        encode = self._encode_many
+        context_tokens = dict(zip(contexts, encode(contexts)))
+        wholes = encode([context + continuation if context else continuation for context, continuation in moved])
+        split = []
+        for (context, _), whole in zip(moved, wholes):
+            if not context:  # an empty context is replaced by the end-of-text token
+                split.append(([self.eos_token_id], whole))
+            else:
+                split.append((context_tokens[context], whole[len(context_tokens[context]) :]))
+        return split
 
-    def _batches(self, items: list[tuple[int, list[int], int]]) -> Iterator[list[tuple[int, list[int], int]]]:
-        ordered = sorted(items, key=lambda item: -len(item[1]))
-        for start in range(0, len(ordered), self.batch_size):
-            yield ordered[start : start + self.batch_size]
+    def _encode_many(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    def _batches(self, groups: dict[tuple[int, ...], list[_Scored]]) -> Iterator[list[tuple[tuple[int, ...], list]]]:
+        """Batches of at most `batch_size` scored rows, longest contexts first, a context's rows kept together
+        (a context with more rows than a batch holds is split, and then computed once per piece)."""
+        pieces = [(context, members[start : start + self.batch_size])
+                  for context, members in sorted(groups.items(), key=lambda group: -len(group[0]))
+                  for start in range(0, len(members), self.batch_size)]
+        batch: list[tuple[tuple[int, ...], list[_Scored]]] = []
+        for piece in pieces:
+            if batch and sum(len(members) for _, members in batch) + len(piece[1]) > self.batch_size:
+                yield batch
+                batch = []
+            batch.append(piece)
+        if batch:
+            yield batch
 
     @torch.inference_mode()
     def _score(self, requests: Sequence[tuple[str, str]], progress: bool) -> list[tuple[list[float], bool]]:
-        items = []
-        for index, (context, continuation) in enumerate(requests):
-            context_tokens, continuation_tokens = self._split(context, continuation)
+        """Token log-probs of every continuation. Requests that share their context tokens (the options of a
+        multiple-choice question) share one forward pass over the context: its KV cache is copied to each
+        option's row and only the continuations are run on top of it."""
+        results: list = [([], True)] * len(requests)
+        groups: dict[tuple[int, ...], list[_Scored]] = {}
+        for index, (context_tokens, continuation_tokens) in enumerate(self._split_many(requests)):
             # Keep the right end when too long; the last token is only ever a target, never an input.
             sequence = (context_tokens + continuation_tokens)[-(self.max_length + 1) :]
-            items.append((index, sequence, len(continuation_tokens)))
-        results: list = [None] * len(items)
-        with tqdm(total=len(items), desc="score", unit="req", disable=not progress) as bar:
-            for batch in self._batches(items):
-                width = max(len(sequence) - 1 for _, sequence, _ in batch)
-                pad = self.tokenizer.pad_token_id
-                inputs = [sequence[:-1] + [pad] * (width - len(sequence) + 1) for _, sequence, _ in batch]
-                logits = self.model(input_ids=torch.tensor(inputs, device=self.device)).logits.float()
-                logprobs = torch.log_softmax(logits, dim=-1)  # (B, T, V)
-                for row, (index, sequence, length) in enumerate(batch):
-                    targets = torch.tensor(sequence[-length:], device=self.device) if length else None
-                    if targets is None:
-                        results[index] = ([], True)
-                        continue
-                    end = len(sequence) - 1
-                    window = logprobs[row, end - length : end]  # (length, V)
-                    picked = window.gather(-1, targets[:, None]).squeeze(-1)
-                    results[index] = (picked.tolist(), bool((window.argmax(-1) == targets).all()))
-                bar.update(len(batch))
+            length = min(len(continuation_tokens), len(sequence) - 1)
+            if length:
+                groups.setdefault(tuple(sequence[:-length]), []).append(_Scored(index, sequence[-length:]))
+        with tqdm(total=len(requests), desc="score", unit="req", disable=not progress) as bar:
+            bar.update(len(requests) - sum(len(members) for members in groups.values()))
+            for batch in self._batches(groups):
+                members = [member for _, group in batch for member in group]
+                for member, scored in zip(members, self._score_batch(batch)):
+                    results[member.index] = scored
+                bar.update(len(members))
         return results
+
+    def _score_batch(self, batch: list[tuple[tuple[int, ...], list[_Scored]]]) -> list[tuple[list[float], bool]]:
+        # Shapes and indices are built on the host: each value read back from a GPU would stall its queue.
+        pad, device = self.tokenizer.pad_token_id, self.device
+        lengths = [len(context) for context, _ in batch]
+        width = max(lengths)
+        # Right padding needs no attention mask here: causal attention never lets a real token see the pads.
+        context_ids = torch.tensor([list(c) + [pad] * (width - len(c)) for c, _ in batch], device=device)
+        # Only the contexts' last positions need logits: the LM head over every position would cost more than
+        # the layers for vocabularies of 100k+ tokens.
+        ends = sorted({length - 1 for length in lengths})
+        where = [ends.index(length - 1) for length in lengths]
+        out = self.model(input_ids=context_ids, use_cache=True, logits_to_keep=torch.tensor(ends, device=device))
+        last = out.logits[torch.arange(len(batch), device=device), torch.tensor(where, device=device)]  # (G, V)
+        owners = [g for g, (_, group) in enumerate(batch) for _ in group]
+        targets = [member.targets for _, group in batch for member in group]
+        longest = max(len(t) for t in targets)
+        target_ids = torch.tensor([t + [pad] * (longest - len(t)) for t in targets], device=device)  # (B, L)
+        logits = last[torch.tensor(owners, device=device)].float().unsqueeze(1)  # (B, 1, V): predicts target 0
+        if longest > 1:
+            starts = [lengths[g] for g in owners]
+            following = self._continue(out.past_key_values, owners, starts, width, target_ids[:, :-1])
+            logits = torch.cat([logits, following], dim=1)
+        logprobs = torch.log_softmax(logits, dim=-1)  # (B, L, V)
+        picked = logprobs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)  # (B, L)
+        valid = torch.tensor([[j < len(t) for j in range(longest)] for t in targets], device=device)
+        greedy = ((logprobs.argmax(-1) == target_ids) | ~valid).all(-1)
+        return [(row[: len(t)], bool(g)) for row, t, g in zip(picked.tolist(), targets, greedy.tolist())]
+
+    def _continue(self, cache, owners: list[int], starts: list[int], width: int,
+                  inputs: torch.Tensor) -> torch.Tensor:
+        """Logits (B, L-1, V) of the continuations' inputs, each row on a copy of its context's cache (the
+        context's tokens fill the first `starts[row]` of `width` cache slots)."""
+        device = self.device
+        cache.reorder_cache(torch.tensor(owners, device=device))
+        steps = inputs.shape[1]
+        mask = torch.tensor([[1] * start + [0] * (width - start) + [1] * steps for start in starts], device=device)
+        positions = torch.tensor([list(range(start, start + steps)) for start in starts], device=device)
+        return self.model(input_ids=inputs, attention_mask=mask, position_ids=positions,
+                          past_key_values=cache, use_cache=True).logits.float()
 
     def loglikelihood(
         self, requests: Sequence[tuple[str, str]], progress: bool = True

@@ -98,3 +98,26 @@ def test_missing_checkpoint_is_a_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(HarnessError, match="config.json"):
         load(str(tmp_path / "empty"))
+
+
+def test_shared_context_scoring_equals_scoring_alone(backend):
+    """Options that share a context reuse its KV cache; each must score as if it were alone in a full pass."""
+    contexts = ["The number 3 plus 4 is", "Sort these words: pear apple", "", "x" * 30 + " plus "]
+    options = [" 7.", " 8", " fig. The number 12 plus 13 is 25.", " pear", ""]
+    pairs = [(context, option) for context in contexts for option in options]
+    backend.batch_size = 7  # splits some contexts' options across batches
+    together = backend.loglikelihood(pairs, progress=False)
+    alone = [backend.loglikelihood([pair], progress=False)[0] for pair in pairs]
+    for pair, shared, single in zip(pairs, together, alone):
+        ids = backend.tokenizer(pair[0] + pair[1], add_special_tokens=False).input_ids
+        assert shared.logprob == pytest.approx(single.logprob, abs=1e-5)
+        assert shared.is_greedy == single.is_greedy
+        if not pair[1] and pair[0] == pair[0].rstrip():  # nothing to score
+            assert (shared.logprob, shared.is_greedy) == (0.0, True)
+        elif pair[0] and not pair[0].endswith(" "):  # a direct full-sequence pass, no cache, no padding
+            n_context = len(backend.tokenizer(pair[0], add_special_tokens=False).input_ids)
+            with torch.no_grad():
+                logprobs = torch.log_softmax(backend.model(torch.tensor([ids])).logits[0].float(), -1)
+            direct = sum(logprobs[i - 1, ids[i]].item() for i in range(n_context, len(ids)))
+            assert shared.logprob == pytest.approx(direct, abs=1e-4)
+    assert len({round(result.logprob, 3) for result in together}) > len(contexts)

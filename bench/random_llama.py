@@ -1,0 +1,64 @@
+"""A randomly initialised Llama and realistic prompts for the speed benchmarks, built in seconds without downloads.
+
+The tokenizer is a byte-level BPE trained on the same generated English-like text the prompts come from, so
+prompt lengths in tokens vary the way real prompts do (tens to a few hundred tokens).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an "
+         "they you were her she there been one all we their has would when if so no what up out who them some "
+         "could into time only new its about two may then do first any my now such like our over man me even most "
+         "made after also did many before must through back years where much your way well down should because "
+         "each just those people how too little state good very make world still own see men work long get here "
+         "between both life being under never day same another know while last might us great old year off come "
+         "since against go came right used take three question answer number plus apple river mountain").split()
+
+
+def sentence(rng: random.Random, words: int) -> str:
+    text = " ".join(rng.choice(WORDS) for _ in range(words))
+    return text[0].upper() + text[1:] + "."
+
+
+def passage(rng: random.Random, min_words: int, max_words: int) -> str:
+    target, parts = rng.randint(min_words, max_words), []
+    while sum(len(part.split()) for part in parts) < target:
+        parts.append(sentence(rng, rng.randint(5, 20)))
+    return " ".join(parts)
+
+
+def build(folder: Path, hidden: int, layers: int, dtype: str = "float32", vocab: int = 4000, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([passage(rng, 50, 200) for _ in range(2000)], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                        pad_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_attention_heads=hidden // 64,
+                         num_key_value_heads=hidden // 64, head_dim=64, num_hidden_layers=layers,
+                         intermediate_size=4 * hidden, max_position_embeddings=2048, eos_token_id=0, bos_token_id=0,
+                         pad_token_id=0)
+    LlamaForCausalLM(config).to(getattr(torch, dtype)).save_pretrained(folder)  # bf16 halves the disk time
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def machine() -> str:
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}; "
+            f"torch {torch.__version__}")

@@ -1,0 +1,180 @@
+"""Run lm-evaluation-harness tasks on our backends and keep their results in our store and leaderboard.
+
+`harness eval --tasks lm_eval:<task>[,...]` names a task of lm-eval's registry (`lm_eval:arc_easy`) or one defined
+by a YAML file in the include folder. The include folder is the run's data folder (`--data-dir`, else
+`HARNESS_DATA_DIR`): its YAML files are indexed first, and lm-eval's own registry (about 40 s to index on two CPU
+cores) is only read when the name is not found there. Such tasks load their own data, so the runner reads no rows
+for them.
+
+Two pieces: `HarnessLM`, an `lm_eval.api.model.LM` that answers lm-eval's three request types with one of our
+backends, and `lm_eval_task`, a `Task` whose `evaluate` hook runs `simple_evaluate` for that one task and turns
+lm-eval's output into our records: metrics as plain keys (`acc`, `acc_stderr`; a filter other than lm-eval's
+default "none" is kept as a suffix, `exact_match_strict-match`) and one samples.jsonl record per document.
+
+Differences from lm-eval's own HFLM: `loglikelihood_rolling` scores the whole text as one window after the
+end-of-text token. lm-eval splits texts longer than the model's context into rolling windows; here the backend
+keeps the last `max_length` tokens, so for such texts the leading tokens go unscored (a warning says how many texts).
+Sampled generations use the request's repeat index as seed, so a sample never depends on its batch neighbours.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from lm_eval.api.model import LM
+
+from harness.backends.base import Backend, GenerationRequest, SamplingSettings
+from harness.errors import HarnessError
+from harness.task import DataSource, EvalContext, Task, TaskResult
+
+LOGGER = logging.getLogger(__name__)
+# lm-eval generation kwargs we understand; anything else would be silently ignored, so it is refused instead.
+_GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k"}
+_DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HFLM default
+
+
+def sampling_from_lm_eval(gen_kwargs: dict[str, Any]) -> SamplingSettings:
+    """lm-eval's generation kwargs as our settings. As in HFLM, sampling needs an explicit `do_sample: true`."""
+    unknown = sorted(set(gen_kwargs) - _GEN_KEYS)
+    if unknown:
+        raise HarnessError(f"lm-eval generation kwarg {unknown[0]!r} is not supported by the harness backends: "
+                           f"remove it from the task's generation_kwargs (supported: {', '.join(sorted(_GEN_KEYS))})")
+    until = gen_kwargs.get("until") or ()
+    temperature = float(gen_kwargs.get("temperature", 1.0 if gen_kwargs.get("do_sample") else 0.0))
+    return SamplingSettings(
+        max_new_tokens=int(gen_kwargs.get("max_gen_toks", _DEFAULT_MAX_GEN_TOKS)),
+        temperature=temperature if gen_kwargs.get("do_sample") else 0.0,
+        top_p=float(gen_kwargs.get("top_p", 1.0)),
+        top_k=int(gen_kwargs.get("top_k", 0)),
+        stop=(until,) if isinstance(until, str) else tuple(until),
+    )
+
+
+class HarnessLM(LM):
+    """lm-eval's model interface over any of our backends."""
+
+    def __init__(self, backend: Backend, progress: bool = False):
+        super().__init__()
+        self.backend = backend
+        self.progress = progress
+
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        results = self.backend.loglikelihood([request.args for request in requests], progress=self.progress)
+        return [(result.logprob, result.is_greedy) for result in results]
+
+    def loglikelihood_rolling(self, requests) -> list[float]:
+        texts = [request.args[0] for request in requests]
+        token_logprobs = self.backend.token_logprobs([("", text) for text in texts], progress=self.progress)
+        self._warn_if_cut(texts, token_logprobs)
+        return [sum(logprobs) for logprobs in token_logprobs]
+
+    def _warn_if_cut(self, texts: list[str], token_logprobs: list[list[float]]) -> None:
+        tokenizer = getattr(self.backend, "tokenizer", None)
+        if tokenizer is None:
+            return
+        cut = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) > len(lps)
+                  for text, lps in zip(texts, token_logprobs))
+        if cut:
+            LOGGER.warning("%d of %d texts are longer than the model's context; their first tokens are not "
+                           "scored (lm-eval would use rolling windows)", cut, len(texts))
+
+    def generate_until(self, requests) -> list[str]:
+        ours = [GenerationRequest(context, sampling_from_lm_eval(dict(gen_kwargs)), seed=request.idx)
+                for request in requests for context, gen_kwargs in [request.args]]
+        return [completion.text for completion in self.backend.generate(ours, progress=self.progress)]
+
+
+# ----- lm-eval tasks as our tasks ---------------------------------------------------------------------------------
+
+
+def task_manager(name: str, include: str | Path | None):
+    """A TaskManager that knows `name`: the include folder alone when it defines it, else lm-eval's registry too."""
+    from lm_eval.tasks import TaskManager
+
+    if include is not None:
+        local = TaskManager(include_path=str(include), include_defaults=False)
+        if name in local.all_tasks:
+            return local
+    manager = TaskManager(include_path=str(include) if include else None)
+    if name not in manager.all_tasks:
+        where = f" or in the YAML files under {include}" if include else ""
+        raise HarnessError(f"lm-eval has no task {name!r} in its registry{where}: check the name "
+                           "(`lm_eval ls tasks`) or pass --data-dir DIR holding the task's YAML file")
+    return manager
+
+
+def _main_metric(manager, name: str) -> str:
+    """The task's first configured metric (lm-eval's order), or the first it aggregates."""
+    loaded = manager.load([name])["tasks"]
+    if len(loaded) != 1:
+        raise HarnessError(f"lm-eval name {name!r} is a group of {len(loaded)} tasks: pass its tasks one by one")
+    task = next(iter(loaded.values()))
+    metric_list = task.config.metric_list or []
+    names = [entry["metric"] for entry in metric_list if isinstance(entry.get("metric"), str)]
+    return names[0] if names else next(iter(task.aggregation()))
+
+
+def plain_metrics(raw: dict[str, Any]) -> dict[str, float]:
+    """{"acc,none": 0.5, "acc_stderr,none": "N/A", "alias": ...} -> {"acc": 0.5}: numbers only, plain keys."""
+    metrics = {}
+    for key, value in raw.items():
+        metric, comma, kept_filter = key.partition(",")
+        if not comma or isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            continue
+        metrics[metric if kept_filter == "none" else f"{metric}_{kept_filter}"] = float(value)
+    return metrics
+
+
+def _references(logged: dict[str, Any], output_type: str) -> list[str]:
+    target = logged["target"]
+    if output_type == "multiple_choice" and isinstance(target, int):
+        return [logged["arguments"][target][1].strip()]  # the gold option's text rather than its index
+    return [str(item) for item in target] if isinstance(target, list) else [str(target)]
+
+
+def sample_record(logged: dict[str, Any], output_type: str) -> dict[str, Any]:
+    """One lm-eval logged sample in our samples.jsonl shape."""
+    responses = logged["filtered_resps"]
+    if output_type in ("multiple_choice", "loglikelihood"):
+        predictions: list[Any] = [{"logprobs": [float(response[0]) for response in responses]}]
+    else:
+        predictions = [str(response) for response in responses]
+    scores = {metric: [float(logged[metric])] for metric in logged["metrics"]
+              if isinstance(logged.get(metric), int | float)}
+    return {"doc_id": logged["doc_id"], "prompt": logged["arguments"][0][0],
+            "references": _references(logged, output_type), "predictions": predictions, "scores": scores}
+
+
+def run_lm_eval(manager, name: str, context: EvalContext) -> TaskResult:
+    from lm_eval import simple_evaluate
+
+    output = simple_evaluate(HarnessLM(context.backend, progress=context.settings.progress), tasks=[name],
+                             task_manager=manager, limit=context.settings.limit, log_samples=True)
+    (task_name, raw), = output["results"].items()
+    output_type = output["configs"][task_name]["output_type"]
+    samples = [sample_record(logged, output_type) for logged in output["samples"][task_name]]
+    details = {"lm_eval": {"version": output.get("lm_eval_version"), "output_type": output_type,
+                           "num_fewshot": output["n-shot"].get(task_name)}}
+    return TaskResult(samples=samples, metrics=plain_metrics(raw), details=details)
+
+
+def lm_eval_task(name: str, data_dir: str | Path | None) -> Task:
+    """Our Task for lm-eval task `name`; the name is checked (and the main metric found) before any model loads."""
+    include = Path(data_dir).expanduser() if data_dir else None
+    if include is not None and not include.is_dir():
+        raise HarnessError(f"--data-dir {include} is not a folder: pass the folder holding the task's YAML file")
+    manager = task_manager(name, include)
+    return Task(
+        name=f"lm_eval:{name}",
+        description=f"lm-evaluation-harness task {name}",
+        data=DataSource(local_file="", external=True),
+        prompt=lambda doc: "",
+        references=lambda doc: [],
+        scorer=lambda doc, prediction: {},
+        metrics=(),
+        main_metric=_main_metric(manager, name),
+        evaluate=lambda context: run_lm_eval(manager, name, context),
+    )

@@ -1,0 +1,169 @@
+"""lm-eval tasks through our runner and backend give what lm-eval's own HFLM gives on the same model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.lm_eval_bridge import HarnessLM, plain_metrics, sampling_from_lm_eval
+from harness.reports.leaderboard import load_entries
+from harness.runner import EvalConfig, evaluate
+
+MC_YAML = """\
+task: bridge_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+GEN_YAML = """\
+task: bridge_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: [" 7"]
+  max_gen_toks: 10
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lm-eval-tasks")
+    mc = write_jsonl(folder / "mc.jsonl", [
+        {"question": f"The number {i} plus {i + 1} is", "choices": [f" {2 * i + 1}", f" {i}", " pear apple", " fig."],
+         "answer": i % 4} for i in range(10)])
+    gen = write_jsonl(folder / "gen.jsonl", [
+        {"question": f"Sort these words: pear apple fig. The number {i} plus", "answer": f" {i + 1} is"}
+        for i in range(6)])
+    (folder / "bridge_mc.yaml").write_text(MC_YAML.format(data=mc))
+    (folder / "bridge_gen.yaml").write_text(GEN_YAML.format(data=gen))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def peer(random_model, task_dir):
+    """lm-eval's own answer: HFLM on the same checkpoint and tasks."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    model = HFLM(pretrained=str(random_model), batch_size=4, device="cpu", dtype="float32")
+    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    output = simple_evaluate(model, tasks=["bridge_mc", "bridge_gen"], task_manager=manager)
+    return model, output
+
+
+@pytest.fixture(scope="module")
+def ours(random_model, task_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    config = EvalConfig(model=str(random_model), tasks="lm_eval:bridge_mc,lm_eval:bridge_gen", data_dir=str(task_dir),
+                        output_dir=str(root), name="random", device="cpu", batch_size=4, progress=False)
+    written = evaluate(config)
+    assert [path.parent.name for path in written] == ["lm_eval_bridge_mc", "lm_eval_bridge_gen"]
+    return root / "random"
+
+
+def read(folder: Path) -> tuple[dict, list[dict]]:
+    samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+    return json.loads((folder / "results.json").read_text()), samples
+
+
+@pytest.mark.slow
+def test_multiple_choice_matches_hflm(ours, peer):
+    result, samples = read(ours / "lm_eval_bridge_mc")
+    expected = peer[1]["results"]["bridge_mc"]
+    assert result["task"] == "lm_eval:bridge_mc" and result["main_metric"] == "acc"
+    assert result["metrics"] == pytest.approx({"acc": expected["acc,none"], "acc_stderr": expected["acc_stderr,none"]})
+    assert result["num_docs"] == len(samples) == 10
+    for sample, logged in zip(samples, peer[1]["samples"]["bridge_mc"]):
+        assert sample["doc_id"] == logged["doc_id"] and sample["prompt"] == logged["arguments"][0][0]
+        assert sample["predictions"][0]["logprobs"] == pytest.approx([r[0] for r in logged["filtered_resps"]],
+                                                                      abs=1e-4)
+        assert sample["scores"] == {"acc": [logged["acc"]]}
+    assert samples[1]["references"] == ["1"]  # row 1: answer index 1 is the option " 1"
+    board = {(entry.task, entry.main) for entry in load_entries(ours.parent)}
+    assert ("lm_eval:bridge_mc", expected["acc,none"]) in board
+
+
+@pytest.mark.slow
+def test_generation_matches_hflm(ours, peer):
+    result, samples = read(ours / "lm_eval_bridge_gen")
+    expected = peer[1]["results"]["bridge_gen"]
+    assert result["main_metric"] == "exact_match"
+    assert result["metrics"]["exact_match"] == pytest.approx(expected["exact_match,none"])
+    predictions = [sample["predictions"][0] for sample in samples]
+    assert predictions == [logged["filtered_resps"][0] for logged in peer[1]["samples"]["bridge_gen"]]
+    assert any(predictions) and samples[2]["references"] == [" 3 is"]
+
+
+@pytest.mark.slow
+def test_rolling_loglikelihood_matches_hflm(random_model, peer):
+    from lm_eval.api.instance import Instance
+
+    from harness.backends import load
+
+    texts = ["The number 3 plus 4 is 7.", "Sort these words: pear apple fig.", "pear"]
+    requests = [Instance("loglikelihood_rolling", {}, (text,), i) for i, text in enumerate(texts)]
+    backend = load(str(random_model), device="cpu", batch_size=2)
+    ours = HarnessLM(backend).loglikelihood_rolling(requests)
+    assert ours == pytest.approx(peer[0].loglikelihood_rolling(requests), abs=1e-4)
+
+
+@pytest.mark.parametrize(("gen_kwargs", "expected"), [
+    ({"until": ["\n"], "max_gen_toks": 5}, {"stop": ("\n",), "max_new_tokens": 5, "temperature": 0.0}),
+    ({"until": "Q:", "temperature": 0.7}, {"stop": ("Q:",), "temperature": 0.0}),  # HFLM: no do_sample, greedy
+    ({"do_sample": True, "temperature": 0.7, "top_p": 0.9}, {"temperature": 0.7, "top_p": 0.9}),
+    ({"do_sample": True}, {"temperature": 1.0, "max_new_tokens": 256}),
+])
+def test_generation_kwargs_map_to_settings(gen_kwargs, expected):
+    settings = sampling_from_lm_eval(gen_kwargs)
+    assert {key: getattr(settings, key) for key in expected} == expected
+
+
+def test_unsupported_generation_kwarg_is_a_user_error():
+    with pytest.raises(HarnessError, match="num_beams"):
+        sampling_from_lm_eval({"num_beams": 4})
+
+
+def test_metric_keys_are_plain_numbers():
+    raw = {"alias": "x", "acc,none": 0.5, "acc_stderr,none": "N/A", "exact_match,strict-match": 1,
+           "sample_len": 3, "f1,none": float("nan")}
+    assert plain_metrics(raw) == {"acc": 0.5, "exact_match_strict-match": 1.0}
+
+
+def test_include_folder_is_searched_before_lm_eval_registry(task_dir, tmp_path):
+    from harness.lm_eval_bridge import lm_eval_task, task_manager
+
+    with pytest.raises(HarnessError, match="is not a folder"):
+        lm_eval_task("bridge_mc", tmp_path / "missing")
+    # A task defined in the folder must not pay for indexing lm-eval's thousands of built-in YAML files.
+    assert sorted(task_manager("bridge_mc", task_dir).all_tasks) == ["bridge_gen", "bridge_mc"]
