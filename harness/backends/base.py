@@ -12,6 +12,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from harness.errors import HarnessError
 
@@ -56,6 +57,34 @@ class Completion:
 class LoglikelihoodResult:
     logprob: float  # sum of log-probs of the continuation tokens given the context
     is_greedy: bool  # every continuation token was the argmax at its position
+
+
+def split_requests(tokenizer: Any, requests: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) per request, split as lm-eval does: trailing context whitespace belongs to
+    the continuation, the continuation's tokens are what encoding the whole string adds after the context's, an
+    empty context becomes the end-of-text token, and no special tokens are added. One tokenizer call per list
+    (one encoding per distinct context): per-string calls cost as much as a tiny model's forward pass."""
+    moved = []
+    for context, continuation in requests:
+        spaces = len(context) - len(context.rstrip())
+        moved.append((context[:-spaces], context[-spaces:] + continuation) if spaces else (context, continuation))
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    contexts = sorted({context for context, _ in moved if context})
+    context_ids = dict(zip(contexts, encode(contexts)))
+    wholes = encode([context + continuation for context, continuation in moved])
+    return [
+        (context_ids[context], whole[len(context_ids[context]) :]) if context else ([tokenizer.eos_token_id], whole)
+        for (context, _), whole in zip(moved, wholes)
+    ]
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` before the earliest stop string, and whether one was found."""
+    cut = min((index for index in (text.find(s) for s in stop if s) if index >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 class Backend(ABC):

@@ -21,6 +21,8 @@ from harness.backends.base import (
     GenerationRequest,
     LoglikelihoodResult,
     SamplingSettings,
+    cut_at_stop,
+    split_requests,
 )
 from harness.errors import HarnessError
 from harness.models import resolve
@@ -192,7 +194,8 @@ class HFBackend(Backend):
                 past_key_values=cache, use_cache=True, logits_to_keep=1,
             )
             cache, logits = out.past_key_values, out.logits[:, -1, :].float()
-            next_tokens = [self._choose(row, logits[i]) for i, row in enumerate(active)]
+            argmax = logits.argmax(-1).tolist()  # one device read per step serves every plain greedy row
+            next_tokens = [self._choose(row, logits[i], argmax[i]) for i, row in enumerate(active)]
             keep = [i for i, (row, token) in enumerate(zip(active, next_tokens)) if not self._finished(row, token)]
             done += [row for i, row in enumerate(active) if i not in set(keep)]
             if not keep:
@@ -206,9 +209,11 @@ class HFBackend(Backend):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         return done
 
-    def _choose(self, row: _Row, logits: torch.Tensor) -> int:
+    def _choose(self, row: _Row, logits: torch.Tensor, argmax: int) -> int:
         settings = row.request.settings
         banned = row.banned(settings.no_repeat_ngram_size)
+        if settings.greedy and not banned:
+            return argmax
         if banned:
             logits = logits.clone()
             logits[list(banned)] = -math.inf
@@ -225,41 +230,26 @@ class HFBackend(Backend):
             row.text = self.tokenizer.decode(row.generated[:-1], skip_special_tokens=True)
             return True
         row.push(token, settings.no_repeat_ngram_size)
-        if settings.stop:
-            text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
-            cut = min((text.find(s) for s in settings.stop if s in text), default=-1)
-            if cut >= 0:
-                row.text, row.finish_reason = text[:cut], "stop"
+        if settings.stop and self._stop_in_tail(row.generated, settings.stop):
+            row.text, stopped = cut_at_stop(self.tokenizer.decode(row.generated, skip_special_tokens=True),
+                                            settings.stop)
+            if stopped:
+                row.finish_reason = "stop"
                 return True
         if len(row.generated) >= settings.max_new_tokens:
             row.text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
             return True
         return False
 
+    def _stop_in_tail(self, generated: list[int], stops: tuple[str, ...]) -> bool:
+        """Whether a stop string ends in the newest tokens. Earlier steps already checked everything before, and
+        a token holds at least one byte, so the last (bytes of the stop)+1 tokens cover any new occurrence;
+        decoding only those keeps the check O(1) per step instead of O(length)."""
+        window = max(len(stop.encode()) for stop in stops) + 1
+        tail = self.tokenizer.decode(generated[-window:], skip_special_tokens=True)
+        return any(stop in tail for stop in stops)
+
     # ----- scoring ----------------------------------------------------------------------------------------------
-
-    def _split_many(self, requests: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-        """lm-eval's convention: trailing context whitespace belongs to the continuation, and the continuation's
-        tokens are what encoding the whole string adds after the context's tokens. One tokenizer call per list
-        (and one encoding per distinct context): per-string calls cost as much as a tiny model's forward pass."""
-        moved = []
-        for context, continuation in requests:
-            spaces = len(context) - len(context.rstrip())
-            moved.append((context[:-spaces], context[-spaces:] + continuation) if spaces else (context, continuation))
-        contexts = sorted({context for context, _ in moved if context})
-        encode = self._encode_many
-        context_tokens = dict(zip(contexts, encode(contexts)))
-        wholes = encode([context + continuation if context else continuation for context, continuation in moved])
-        split = []
-        for (context, _), whole in zip(moved, wholes):
-            if not context:  # an empty context is replaced by the end-of-text token
-                split.append(([self.eos_token_id], whole))
-            else:
-                split.append((context_tokens[context], whole[len(context_tokens[context]) :]))
-        return split
-
-    def _encode_many(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
     def _batches(self, groups: dict[tuple[int, ...], list[_Scored]]) -> Iterator[list[tuple[tuple[int, ...], list]]]:
         """Batches of at most `batch_size` scored rows, longest contexts first, a context's rows kept together
@@ -283,7 +273,7 @@ class HFBackend(Backend):
         option's row and only the continuations are run on top of it."""
         results: list = [([], True)] * len(requests)
         groups: dict[tuple[int, ...], list[_Scored]] = {}
-        for index, (context_tokens, continuation_tokens) in enumerate(self._split_many(requests)):
+        for index, (context_tokens, continuation_tokens) in enumerate(split_requests(self.tokenizer, requests)):
             # Keep the right end when too long; the last token is only ever a target, never an input.
             sequence = (context_tokens + continuation_tokens)[-(self.max_length + 1) :]
             length = min(len(continuation_tokens), len(sequence) - 1)

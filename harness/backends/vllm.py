@@ -50,6 +50,8 @@ from harness.backends.base import (
     GenerationRequest,
     LoglikelihoodResult,
     SamplingSettings,
+    cut_at_stop,
+    split_requests,
 )
 from harness.errors import HarnessError
 from harness.models import resolve
@@ -110,26 +112,6 @@ def _cpu_defaults(path: Path, dtype: str, gpu_memory_utilization: float | None, 
     kv_cache_set = "kv_cache_memory_bytes" in options or os.environ.get("VLLM_CPU_KVCACHE_SPACE")
     if gpu_memory_utilization is None and not kv_cache_set:
         options["kv_cache_memory_bytes"] = _CPU_KV_CACHE_BYTES
-
-
-def split_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Context and continuation token ids, split as lm-eval does (see `Backend.loglikelihood`).
-
-    Like the hf backend, no special tokens are added: the checkpoint's tokenizer decides nothing here."""
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    if not context:
-        return [tokenizer.eos_token_id], tokenizer.encode(continuation, add_special_tokens=False)
-    whole = tokenizer.encode(context + continuation, add_special_tokens=False)
-    context_ids = tokenizer.encode(context, add_special_tokens=False)
-    return context_ids, whole[len(context_ids) :]
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """`text` before the earliest stop string, and whether one was found."""
-    cut = min((index for index in (text.find(s) for s in stop if s) if index >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 class VLLMBackend(Backend):
@@ -226,9 +208,8 @@ class VLLMBackend(Backend):
         finish_reason = "stop" if stopped or output.finish_reason == "stop" else "length"
         return Completion(text=text, num_tokens=len(token_ids), finish_reason=finish_reason)
 
-    def _scored_ids(self, context: str, continuation: str) -> tuple[list[int], int]:
+    def _scored_ids(self, context_ids: list[int], continuation_ids: list[int]) -> tuple[list[int], int]:
         """Token ids to score and the number of continuation tokens at their end."""
-        context_ids, continuation_ids = split_pair(self.tokenizer, context, continuation)
         if len(continuation_ids) >= self.max_model_len - 1:
             raise HarnessError(
                 f"a continuation of {len(continuation_ids)} tokens does not fit the {self.max_model_len}-token "
@@ -244,7 +225,7 @@ class VLLMBackend(Backend):
         """(log-prob, was-argmax) of each continuation token, for every (context, continuation)."""
         if not requests:
             return []
-        scored = [self._scored_ids(context, continuation) for context, continuation in requests]
+        scored = [self._scored_ids(*pair) for pair in split_requests(self.tokenizer, requests)]
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids, _ in scored]
         # prompt_logprobs=0 still reports the prompt token itself, with its rank (rank 1 = argmax).
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
