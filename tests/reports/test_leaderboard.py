@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness.reports import plots, register_figure, write_leaderboard
 from PIL import Image
 
 from harness.errors import HarnessError
+from harness.reports import plots, register_figure, write_leaderboard
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 XSS = "<script>alert(1)</script>"
