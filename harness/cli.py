@@ -133,10 +133,13 @@ def cmd_tiny(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from harness.reports import write_leaderboard
+    from harness.reports.analysis_plots import register_length_baseline
 
     root = Path(args.output_dir)
     if not root.is_dir():
         raise HarnessError(f"no results under {root}: run `harness eval` first or pass --output-dir")
+    if args.baseline:
+        register_length_baseline(args.baseline)
     for path in write_leaderboard(root):
         print(path)
 
@@ -191,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--force", action="store_true", help="rebuild even if cached")
     report = command("report", cmd_report, "write leaderboard.md and leaderboard.html from every results.json")
     report.add_argument("--output-dir", default="runs", help="results root to read (default: runs)")
+    report.add_argument("--baseline", help="model name to subtract in the ROUGE-L-per-length figure, e.g. sft@80")
     training = command("train", cmd_train, "train a student with a recipe and save HF checkpoints")
     _add_train_arguments(training)
     both = command("train-and-eval", cmd_train_and_eval,

@@ -234,6 +234,7 @@ def write_result(folder: Path, task: Task, result: TaskResult, backend, name: st
         "model_path": str(getattr(backend, "path", config.model)),
         "model_identity": backend.identity,
         "main_metric": task.main_metric,
+        "higher_is_better": task.higher_is_better,
         "metrics": result.metrics,
         "num_docs": len(result.samples),
         "config": to_dict(config),

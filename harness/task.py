@@ -80,6 +80,7 @@ class Task:
     scorer: Callable[[Doc, Any], dict[str, float]]  # (doc, prediction) -> scores of that one prediction
     metrics: Sequence[Metric]
     main_metric: str
+    higher_is_better: bool = True  # of the main metric (ECE and losses are better lower); orders the leaderboard
     sampling: SamplingSettings | None = None  # generation tasks
     seeds: tuple[int, ...] = (0,)  # one generation per seed for each document
     choices: Callable[[Doc], list[str]] | None = None  # multiple-choice tasks: options scored by log-likelihood

@@ -16,6 +16,7 @@ import html
 import json
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,10 @@ class Entry:
     @property
     def main(self) -> float:
         return float(self.result["metrics"][self.result["main_metric"]])
+
+    @property
+    def higher_is_better(self) -> bool:
+        return bool(self.result.get("higher_is_better", True))
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,18 @@ def build_board(entries: list[Entry]) -> Board:
     return replace(unordered, models=_row_order(unordered))
 
 
+def _higher_is_better(board: Board, tasks: Iterable[str]) -> bool:
+    """Lower-is-better only when every one of `tasks` says so (ECE, losses)."""
+    return not all(not entry.higher_is_better for (_, task), entry in board.cells.items() if task in set(tasks))
+
+
+def _sort_tasks(board: Board) -> set[str]:
+    return board.suites[next(iter(board.suites))] if board.suites else {board.tasks[0]}
+
+
 def _row_order(board: Board) -> list[str]:
+    sign = -1.0 if _higher_is_better(board, _sort_tasks(board)) else 1.0
+
     def key(model: str) -> tuple[bool, float, str]:
         if board.suites:
             value = board.suite_average(model, next(iter(board.suites)))
@@ -168,7 +184,7 @@ def _row_order(board: Board) -> list[str]:
             entry = board.cells.get((model, board.tasks[0]))
             value = entry.main if entry else None
         missing = value is None or not math.isfinite(value)
-        return (missing, 0.0 if missing else -value, model)
+        return (missing, 0.0 if missing else sign * value, model)
 
     return sorted(board.models, key=key)
 
@@ -179,7 +195,8 @@ def _main_name(board: Board, task: str) -> str:
 
 def main_table(board: Board) -> Table:
     header = ["Model", *(f"{suite} avg" for suite in board.suites),
-              *(f"{task} ({_main_name(board, task)})" for task in board.tasks)]
+              *(f"{task} ({_main_name(board, task)}{'' if _higher_is_better(board, [task]) else ', lower is better'})"
+                for task in board.tasks)]
     rows = []
     for model in board.models:
         averages = [board.suite_average(model, suite) for suite in board.suites]
@@ -220,7 +237,8 @@ def _md_table(table: Table) -> str:
 
 def _intro(board: Board) -> str:
     sort_key = f"the {next(iter(board.suites))} average" if board.suites else board.tasks[0]
-    return (f"Main metric per task, sorted by {sort_key} (highest first). "
+    order = "highest" if _higher_is_better(board, _sort_tasks(board)) else "lowest"
+    return (f"Main metric per task, sorted by {sort_key} ({order} first). "
             "A suite average is shown only when the model has every task of the suite.")
 
 

@@ -120,6 +120,7 @@ def calibration_task(name: str, data: DataSource, prompt, words, description: st
         scorer=partial(score_choice, words=words),
         metrics=(calibration_metrics,),
         main_metric="ece",
+        higher_is_better=False,
         choices=words,
     )
     return dataclasses.replace(task, evaluate=partial(evaluate_calibration, task))

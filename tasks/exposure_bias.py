@@ -161,6 +161,7 @@ def exposure_bias_task(name: str, data: DataSource, description: str) -> Task:
         scorer=_not_scored,
         metrics=(),
         main_metric="exacc_err",
+        higher_is_better=False,
         sampling=SamplingSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, max_prompt_tokens=MAX_PROMPT_TOKENS),
         evaluate=evaluate_exposure_bias,
         needs_teacher=True,

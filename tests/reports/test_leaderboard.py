@@ -212,3 +212,16 @@ def test_names_and_metric_keys_from_the_store_are_escaped(tmp_path: Path) -> Non
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;s&lt;/b&gt; avg" in page
     header = table_after(markdown_path.read_text(), "## dolly")[0]
     assert header == ["Model", "docs", "rougeL", "&lt;i&gt;odd\\|key&lt;/i&gt;"]
+
+
+def test_lower_is_better_tasks_sort_ascending_and_say_so(tmp_path: Path):
+    root = tmp_path / "runs"
+    for model, value in (("good", 0.05), ("bad", 0.30), ("middling", 0.12)):
+        folder = write_result(root, model, "calibration_sst2", {"ece": value}, suites=("calibration",))
+        record = json.loads((folder / "results.json").read_text())
+        record.update(main_metric="ece", higher_is_better=False)
+        (folder / "results.json").write_text(json.dumps(record))
+    markdown = write_leaderboard(root)[0].read_text()
+    rows = [line.split("|")[1].strip() for line in markdown.splitlines() if line.startswith("| ") and "0." in line]
+    assert rows[:3] == ["good", "middling", "bad"]
+    assert "lowest first" in markdown and "lower is better" in markdown
