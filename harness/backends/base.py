@@ -62,7 +62,8 @@ class LoglikelihoodResult:
 def split_requests(tokenizer: Any, requests: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
     """(context ids, continuation ids) per request, split as lm-eval does: trailing context whitespace belongs to
     the continuation, the continuation's tokens are what encoding the whole string adds after the context's, an
-    empty context becomes the end-of-text token, and no special tokens are added. One tokenizer call per list
+    empty context becomes the end-of-text token, and no special tokens are added. Where a token of the whole
+    string spans the boundary, the continuation is encoded on its own instead. One tokenizer call per list
     (one encoding per distinct context): per-string calls cost as much as a tiny model's forward pass."""
     moved = []
     for context, continuation in requests:
@@ -75,10 +76,15 @@ def split_requests(tokenizer: Any, requests: Sequence[tuple[str, str]]) -> list[
     contexts = sorted({context for context, _ in moved if context})
     context_ids = dict(zip(contexts, encode(contexts)))
     wholes = encode([context + continuation for context, continuation in moved])
-    return [
-        (context_ids[context], whole[len(context_ids[context]) :]) if context else ([tokenizer.eos_token_id], whole)
-        for (context, _), whole in zip(moved, wholes)
-    ]
+    split = []
+    for (context, continuation), whole in zip(moved, wholes):
+        if not context:
+            split.append(([tokenizer.eos_token_id], whole))
+        elif whole[: len(context_ids[context])] == context_ids[context]:
+            split.append((context_ids[context], whole[len(context_ids[context]) :]))
+        else:  # a token spans the boundary; lm-eval would score a cut-off (often empty) continuation here
+            split.append((context_ids[context], encode([continuation])[0]))
+    return split
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
