@@ -154,7 +154,7 @@ def run_choices(task: Task, docs: list[Doc], backend, config: EvalConfig) -> lis
 def reference_losses(task: Task, docs: list[Doc], backend, config: EvalConfig) -> list[float]:
     """Teacher-forced mean token NLL of the first reference given the prompt."""
     pairs = [(task.prompt(doc), task.references(doc)[0]) for doc in docs]
-    token_logprobs = backend.token_logprobs(pairs, progress=config.progress)
+    token_logprobs = backend.token_logprobs(pairs, progress=config.progress, move_whitespace=False)
     return [-sum(lps) / len(lps) if lps else 0.0 for lps in token_logprobs]
 
 

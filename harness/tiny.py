@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-VERSION = "tiny-v1"  # bump whenever data, tokenizer or training recipe changes: old caches then stay unused
+VERSION = "tiny-v2"  # bump whenever data, tokenizer or training recipe changes: old caches then stay unused
 EOT = "<|endoftext|>"
 SEED = 0
 VOCAB_SIZE = 1000
@@ -150,8 +150,10 @@ def _tokenizer_corpus(splits: dict[str, list[dict]]) -> list[str]:
 
 
 def _template_pieces() -> list[str]:
-    pieces = {piece for template in (PROMPT_NO_INPUT, PROMPT_WITH_INPUT)
-              for piece in re.split(r"\{\w+\}", template) if piece}
+    # Trailing whitespace stays out of the pieces: scoring moves a context's trailing whitespace to the
+    # continuation (lm-eval's convention), which must not split a learned token in two.
+    pieces = {piece.rstrip() for template in (PROMPT_NO_INPUT, PROMPT_WITH_INPUT)
+              for piece in re.split(r"\{\w+\}", template) if piece.strip()}
     return sorted(pieces, key=len, reverse=True)  # longest first: the regex alternation takes the first match
 
 

@@ -33,7 +33,7 @@ class ScriptedBackend(Backend):
     def loglikelihood(self, requests, progress=True):
         return [LoglikelihoodResult(-float(len(continuation)), False) for _, continuation in requests]
 
-    def token_logprobs(self, requests, progress=True):
+    def token_logprobs(self, requests, progress=True, move_whitespace=True):
         return [[-1.0] * len(continuation.split()) for _, continuation in requests]
 
 

@@ -59,15 +59,19 @@ class LoglikelihoodResult:
     is_greedy: bool  # every continuation token was the argmax at its position
 
 
-def split_requests(tokenizer: Any, requests: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+def split_requests(
+    tokenizer: Any, requests: Sequence[tuple[str, str]], move_whitespace: bool = True
+) -> list[tuple[list[int], list[int]]]:
     """(context ids, continuation ids) per request, split as lm-eval does: trailing context whitespace belongs to
     the continuation, the continuation's tokens are what encoding the whole string adds after the context's, an
     empty context becomes the end-of-text token, and no special tokens are added. Where a token of the whole
     string spans the boundary, the continuation is encoded on its own instead. One tokenizer call per list
-    (one encoding per distinct context): per-string calls cost as much as a tiny model's forward pass."""
+    (one encoding per distinct context): per-string calls cost as much as a tiny model's forward pass.
+    `move_whitespace=False` keeps the context whole: the teacher-forced loss of a response given its prompt must not
+    charge the response for the prompt's final newline, a token the model was never trained to predict."""
     moved = []
     for context, continuation in requests:
-        spaces = len(context) - len(context.rstrip())
+        spaces = len(context) - len(context.rstrip()) if move_whitespace else 0
         moved.append((context[:-spaces], context[-spaces:] + continuation) if spaces else (context, continuation))
 
     def encode(texts: list[str]) -> list[list[int]]:
@@ -113,8 +117,11 @@ class Backend(ABC):
         the end-of-text token."""
 
     @abstractmethod
-    def token_logprobs(self, requests: Sequence[tuple[str, str]], progress: bool = True) -> list[list[float]]:
-        """The log-prob of each continuation token, split as in `loglikelihood`."""
+    def token_logprobs(
+        self, requests: Sequence[tuple[str, str]], progress: bool = True, move_whitespace: bool = True
+    ) -> list[list[float]]:
+        """The log-prob of each continuation token, split as in `loglikelihood` (see `split_requests` for
+        `move_whitespace=False`)."""
 
     def chat_prompt(self, text: str) -> str:
         """`text` as one user turn in the checkpoint's chat template, ending where the assistant's reply begins."""

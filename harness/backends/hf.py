@@ -267,13 +267,17 @@ class HFBackend(Backend):
             yield batch
 
     @torch.inference_mode()
-    def _score(self, requests: Sequence[tuple[str, str]], progress: bool) -> list[tuple[list[float], bool]]:
+    def _score(
+        self, requests: Sequence[tuple[str, str]], progress: bool, move_whitespace: bool = True
+    ) -> list[tuple[list[float], bool]]:
         """Token log-probs of every continuation. Requests that share their context tokens (the options of a
         multiple-choice question) share one forward pass over the context: its KV cache is copied to each
         option's row and only the continuations are run on top of it."""
         results: list = [([], True)] * len(requests)
         groups: dict[tuple[int, ...], list[_Scored]] = {}
-        for index, (context_tokens, continuation_tokens) in enumerate(split_requests(self.tokenizer, requests)):
+        for index, (context_tokens, continuation_tokens) in enumerate(
+            split_requests(self.tokenizer, requests, move_whitespace)
+        ):
             # Keep the right end when too long; the last token is only ever a target, never an input.
             sequence = (context_tokens + continuation_tokens)[-(self.max_length + 1) :]
             length = min(len(continuation_tokens), len(sequence) - 1)
@@ -333,8 +337,10 @@ class HFBackend(Backend):
     ) -> list[LoglikelihoodResult]:
         return [LoglikelihoodResult(sum(lps), greedy) for lps, greedy in self._score(requests, progress)]
 
-    def token_logprobs(self, requests: Sequence[tuple[str, str]], progress: bool = True) -> list[list[float]]:
-        return [lps for lps, _ in self._score(requests, progress)]
+    def token_logprobs(
+        self, requests: Sequence[tuple[str, str]], progress: bool = True, move_whitespace: bool = True
+    ) -> list[list[float]]:
+        return [lps for lps, _ in self._score(requests, progress, move_whitespace)]
 
     def close(self) -> None:
         self.model = None

@@ -220,12 +220,12 @@ class VLLMBackend(Backend):
         return ids, len(continuation_ids)
 
     def _continuation_logprobs(
-        self, requests: Sequence[tuple[str, str]], progress: bool
+        self, requests: Sequence[tuple[str, str]], progress: bool, move_whitespace: bool = True
     ) -> list[list[tuple[float, bool]]]:
         """(log-prob, was-argmax) of each continuation token, for every (context, continuation)."""
         if not requests:
             return []
-        scored = [self._scored_ids(*pair) for pair in split_requests(self.tokenizer, requests)]
+        scored = [self._scored_ids(*pair) for pair in split_requests(self.tokenizer, requests, move_whitespace)]
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids, _ in scored]
         # prompt_logprobs=0 still reports the prompt token itself, with its rank (rank 1 = argmax).
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
@@ -245,8 +245,11 @@ class VLLMBackend(Backend):
             for tokens in self._continuation_logprobs(requests, progress)
         ]
 
-    def token_logprobs(self, requests: Sequence[tuple[str, str]], progress: bool = True) -> list[list[float]]:
-        return [[lp for lp, _ in tokens] for tokens in self._continuation_logprobs(requests, progress)]
+    def token_logprobs(
+        self, requests: Sequence[tuple[str, str]], progress: bool = True, move_whitespace: bool = True
+    ) -> list[list[float]]:
+        scored = self._continuation_logprobs(requests, progress, move_whitespace)
+        return [[lp for lp, _ in tokens] for tokens in scored]
 
     def close(self) -> None:
         if self._llm is None:

@@ -21,3 +21,10 @@ def test_split_follows_lm_eval_and_survives_boundary_merges(tiny, random_model):
     [(context, continuation)] = split_requests(merged, [(prompt, "5")])
     assert merged.decode(continuation) == "\n5"
     assert merged.decode(context) == prompt.rstrip()
+
+
+def test_reference_loss_split_keeps_the_prompt_whole(tiny):
+    tokenizer = AutoTokenizer.from_pretrained(tiny.teacher)
+    prompt = "### Instruction:\nAdd 2 and 3\n\n### Response:\n"
+    [(context, continuation)] = split_requests(tokenizer, [(prompt, "5")], move_whitespace=False)
+    assert tokenizer.decode(context) == prompt and tokenizer.decode(continuation) == "5"
