@@ -181,6 +181,8 @@ class VLLMBackend(Backend):
     def _sampling_params(request: GenerationRequest) -> SamplingParams:
         settings = request.settings
         extra = {_NGRAM_KEY: settings.no_repeat_ngram_size} if settings.no_repeat_ngram_size else None
+        if not 0.0 <= settings.temperature <= 2.0:  # vLLM's own limit; a traceback would hide the fix
+            raise HarnessError(f"vLLM accepts temperatures in [0, 2], not {settings.temperature}: use --backend hf")
         return SamplingParams(
             max_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
