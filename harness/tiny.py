@@ -262,3 +262,28 @@ def train_teacher(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, r
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     return loss.item()
+
+
+def random_checkpoint(folder: Path, texts: list[str], hidden: int = 128, layers: int = 2, vocab: int = 320,
+                      dtype: str = "float32", seed: int = 0, intermediate: int | None = None) -> Path:
+    """An untrained Llama (head_dim 64) with a plain byte-level BPE learned from `texts`, saved in HF format:
+    for tests and benchmarks that need a real checkpoint of a given size but no trained behaviour."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=[EOT],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOT, bos_token=EOT, pad_token=EOT)
+    torch.manual_seed(seed)
+    heads = hidden // 64
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_attention_heads=heads,
+                         num_key_value_heads=heads, head_dim=64, num_hidden_layers=layers,
+                         intermediate_size=intermediate or 2 * hidden, max_position_embeddings=2048,
+                         eos_token_id=0, bos_token_id=0, pad_token_id=0)
+    LlamaForCausalLM(config).to(getattr(torch, dtype)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -16,28 +16,11 @@ SHARED_DATA = Path(os.environ.get("HARNESS_DATA_DIR", REPO.parent / "shared" / "
 
 
 def make_random_model(folder: Path, hidden: int = 128, layers: int = 2, seed: int = 0) -> Path:
-    """A randomly initialised Llama (head_dim 64) with a byte-level BPE tokenizer trained on a few sentences."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """A randomly initialised Llama (head_dim 64) with a byte-level BPE trained on a few sentences."""
+    from harness.tiny import random_checkpoint
 
     texts = [f"The number {i} plus {i + 1} is {2 * i + 1}. Sort these words: pear apple fig." for i in range(300)]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=alphabet))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                        pad_token="<|endoftext|>")
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_attention_heads=hidden // 64,
-                         num_key_value_heads=hidden // 64, head_dim=64, num_hidden_layers=layers,
-                         intermediate_size=2 * hidden, max_position_embeddings=512, eos_token_id=0, bos_token_id=0,
-                         pad_token_id=0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return random_checkpoint(folder, texts, hidden=hidden, layers=layers, seed=seed)
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ from harness.trainers.data import (
     batch_indices,
     chunked,
     encode_example,
+    encode_prompt,
     field,
     pad_examples,
     read_jsonl,
@@ -230,6 +231,15 @@ class Trainer:
         return dict(zip(names, reduced.tolist(), strict=True))
 
     # ---- data and loss: what methods override ------------------------------------------------------------
+    def read_prompts(self) -> list[list[int]]:
+        """Encoded training prompts alone, for methods whose targets are sampled (SeqKD, MiniLLM): the response
+        field is never read."""
+        config = self.config
+        path = Path(config.data_dir) / config.train_file
+        rows = read_jsonl(path)[: config.max_train_samples]
+        return [encode_prompt(self.tokenizer, field(row, config.prompt_field, path), config.max_prompt_tokens)
+                for row in rows]
+
     def read_examples(self, file_name: str, limit: int | None = None) -> list[Example]:
         config = self.config
         path = Path(config.data_dir) / file_name

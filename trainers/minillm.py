@@ -32,7 +32,6 @@ from harness.trainers.base import TrainConfig, Trainer
 from harness.trainers.data import (
     batch_indices,
     chunked,
-    encode_prompt,
     field,
     left_pad,
     read_jsonl,
@@ -173,10 +172,7 @@ class MiniLLMTrainer(Trainer):
         config = self.config
         if config.rollouts_per_round % config.batch_size:
             raise HarnessError("rollouts_per_round must be a multiple of batch_size (the PPO mini-batch)")
-        path = config.data_dir / config.train_file
-        # only the prompt field is read: the targets are the student's own samples
-        self.prompts = [encode_prompt(self.tokenizer, field(r, config.prompt_field, path), config.max_prompt_tokens)
-                        for r in read_jsonl(path)[: config.max_train_samples]]
+        self.prompts = self.read_prompts()  # the targets are the student's own samples
         self.valid_examples = self.read_examples(config.valid_file, config.max_eval_samples)
         self.pretrain_chunks = []
         if config.pretrain_file and config.pretrain_batch_size > 0:

@@ -17,7 +17,7 @@ import torch
 
 from harness.trainers import register_trainer
 from harness.trainers.base import TrainConfig, Trainer
-from harness.trainers.data import Example, chunked, encode_prompt, field, left_pad, read_jsonl, shard
+from harness.trainers.data import Example, chunked, left_pad, shard
 from harness.trainers.kd import kd_loss
 from harness.trainers.sampling import sample
 from harness.trainers.sft import cross_entropy
@@ -40,9 +40,7 @@ class SeqKDTrainer(Trainer):
 
     def prepare_data(self) -> None:
         config = self.config
-        path = Path(config.data_dir) / config.train_file
-        prompts = [encode_prompt(self.tokenizer, field(row, config.prompt_field, path), config.max_prompt_tokens)
-                   for row in read_jsonl(path)[: config.max_train_samples]]
+        prompts = self.read_prompts()  # the targets are the teacher's samples, never the gold field
         samples = Path(config.output_dir) / config.samples_file
         if not samples.is_file():
             self.write_teacher_samples(prompts, samples)
