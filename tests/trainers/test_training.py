@@ -69,9 +69,9 @@ def test_minillm_lowers_the_reverse_kl_to_the_teacher_on_held_out_prompts(synth,
     prompts = [encode_prompt(tokenizer, row["prompt"], 256) for row in read_jsonl(synth.data / "test.jsonl")[:32]]
     before = _reverse_kl(overrides, synth.student, prompts)
     paths = train("minillm", None, overrides(tmp_path) + [
-        "lr=1e-3", "warmup_steps=0", "batch_size=16", "micro_batch_size=16", "rollouts_per_round=32",
-        "ppo_epochs=2", "rollout_batch_size=32", "max_new_tokens=24", "max_steps=12", "eval_every=0",
-        "save_every=0", "eval_rollouts=8", "pretrain_seq_len=64", "pretrain_batch_size=8"])
+        "lr=3e-3", "warmup_steps=0", "batch_size=16", "micro_batch_size=16", "rollouts_per_round=32",
+        "ppo_epochs=2", "rollout_batch_size=32", "max_new_tokens=24", "max_steps=24", "eval_every=0",
+        "save_every=0", "eval_rollouts=8", "pretrain_seq_len=64", "pretrain_batch_size=8", "pretrain_coef=0.2"])
     after = _reverse_kl(overrides, paths[-1], prompts)
     assert after < 0.9 * before, (before, after)
     log = _log(tmp_path)
