@@ -144,8 +144,8 @@ def eval_math(model: Path, data: Path, output: Path, *extra: str) -> int:
                  "temperature=0.6,top_p=0.95,max_new_tokens=8,max_prompt_tokens=200", *extra])
 
 
-def test_suite_runs_end_to_end_on_every_data_set(random_model, shared_data, tmp_path):
-    assert eval_math(random_model, shared_data, tmp_path) == 0
+def test_suite_runs_end_to_end_on_every_data_set(tiny, shared_data, tmp_path):
+    assert eval_math(tiny.teacher, shared_data, tmp_path) == 0
     for name in SUITE:
         result, samples = read_task(tmp_path, "m", name)
         assert result["main_metric"] == "pass@1" and result["num_docs"] == 2
