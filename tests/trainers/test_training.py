@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from harness.config import load
 from harness.trainers import train
@@ -50,6 +51,25 @@ def test_seqkd_trains_on_teacher_samples_without_reading_gold_responses(synth, o
     assert [s["index"] for s in samples] == list(range(16))
     assert all(0 < len(s["response_ids"]) <= 24 for s in samples)
     assert len(_log(output)) == 2
+
+
+def test_seqkd_can_sample_through_a_harness_backend(synth, overrides, tmp_path):
+    from harness.backends import GenerationRequest, SamplingSettings
+    from harness.backends import load as load_backend
+
+    output = tmp_path / "run"
+    train("seqkd", None, overrides(output) + [
+        "max_train_samples=12", "batch_size=4", "micro_batch_size=4", "max_steps=1", "max_new_tokens=16",
+        "sample_backend=hf", "seed=7"])
+    samples = [json.loads(line) for line in (output / "teacher_samples.jsonl").read_text().splitlines()]
+    settings = SamplingSettings(max_new_tokens=16, temperature=1.0, max_prompt_tokens=256)
+    rows = read_jsonl(synth.data / "train.jsonl")[:12]
+    with load_backend(str(synth.teacher)) as teacher:
+        expected = teacher.generate([GenerationRequest(r["prompt"], settings, seed=7 + i) for i, r in enumerate(rows)],
+                                    progress=False)
+    assert [s["response"] for s in samples] == [c.text for c in expected]
+    eos = AutoTokenizer.from_pretrained(synth.teacher).eos_token_id
+    assert all(s["response_ids"][-1] == eos for s, c in zip(samples, expected) if c.finish_reason == "stop")
 
 
 def _reverse_kl(overrides, model: Path, prompts: list[list[int]]) -> float:
