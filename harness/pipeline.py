@@ -43,9 +43,14 @@ def recipe_path(method: str, config: str | Path | None) -> Path:
     return path
 
 
+def checkpoint_name(method: str, step: int) -> str:
+    """The results-folder name of a trainer checkpoint (the leaderboard shows it as method@step)."""
+    return f"{method}__step-{step}"
+
+
 def evaluate_checkpoint(path: Path, method: str, step: int, settings: PipelineSettings) -> list[Path]:
     config = EvalConfig(model=str(path), tasks=settings.tasks, data_dir=settings.data_dir,
-                        output_dir=settings.output_dir, name=f"{method}__step-{step}", limit=settings.limit,
+                        output_dir=settings.output_dir, name=checkpoint_name(method, step), limit=settings.limit,
                         seeds=settings.seeds, backend=settings.backend, progress=settings.progress,
                         overwrite=True,  # the pipeline owns these names; a retrained step replaces its results
                         training={"method": method, "step": step})
@@ -56,15 +61,16 @@ def train_and_evaluate(method: str, config: str | Path | None, overrides: Iterab
                        settings: PipelineSettings, label: str | None = None) -> list[Path]:
     """Train `method`; evaluate each checkpoint as soon as it is complete. Returns the checkpoints."""
     from harness.trainers import train
+    from harness.trainers.checkpoint import checkpoint_step
 
     def on_checkpoint(path: Path, step: int) -> None:
         evaluate_checkpoint(path, label or method, step, settings)
 
     checkpoints = train(method, recipe_path(method, config), list(overrides), on_checkpoint=on_checkpoint)
     for path in checkpoints:  # checkpoints finished before an interruption, evaluated now (cache makes it cheap)
-        results = Path(settings.output_dir) / f"{label or method}__{path.name}"
-        if not results.is_dir():
-            evaluate_checkpoint(path, label or method, int(path.name.split("-")[-1]), settings)
+        step = checkpoint_step(path)
+        if not (Path(settings.output_dir) / checkpoint_name(label or method, step)).is_dir():
+            evaluate_checkpoint(path, label or method, step, settings)
     return checkpoints
 
 

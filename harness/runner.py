@@ -131,13 +131,12 @@ def model_prompt(task: Task, doc: Doc, backend, config: EvalConfig) -> str:
     return backend.chat_prompt(prompt) if config.chat_template and task.choices is None else prompt
 
 
-def run_generation(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) -> tuple[list, list]:
+def run_generation(task: Task, prompts: list[str], backend, cache, config: EvalConfig) -> tuple[list, list]:
     sampling = sampling_for(task, config)
     seeds = seeds_for(task, config, sampling)
-    prompts = [model_prompt(task, doc, backend, config) for doc in docs]
     requests = [GenerationRequest(prompt, sampling, seed) for prompt in prompts for seed in seeds]
     answers = generate_cached(backend, requests, cache, config.progress, desc=task.name)
-    per_doc = [answers[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(docs))]
+    per_doc = [answers[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(prompts))]
     predictions = [[task.postprocess(answer["text"]) for answer in doc_answers] for doc_answers in per_doc]
     lengths = [[float(answer["num_tokens"]) for answer in doc_answers] for doc_answers in per_doc]
     return predictions, lengths
@@ -179,11 +178,12 @@ def annotations(annotate: Callable[[Doc, Any], dict[str, Any]], doc: Doc,
 
 
 def score_task(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) -> TaskResult:
+    prompts = [model_prompt(task, doc, backend, config) for doc in docs]
     if task.choices is not None:
         predictions: list[list[Any]] = run_choices(task, docs, backend, config)
         lengths = None
     else:
-        predictions, lengths = run_generation(task, docs, backend, cache, config)
+        predictions, lengths = run_generation(task, prompts, backend, cache, config)
     losses = reference_losses(task, docs, backend, config) if task.reference_loss else None
     scored = score_predictions(task, docs, predictions)
     samples = []
@@ -198,7 +198,7 @@ def score_task(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) 
             doc_scores["reference_loss"] = [losses[doc_id]]
         samples.append({
             "doc_id": doc_id,
-            "prompt": model_prompt(task, doc, backend, config),
+            "prompt": prompts[doc_id],
             "references": task.references(doc),
             "predictions": [p if isinstance(p, str) else dataclasses.asdict(p) for p in doc_predictions],
             "scores": doc_scores,

@@ -167,7 +167,8 @@ def build_board(entries: list[Entry]) -> Board:
 
 def _higher_is_better(board: Board, tasks: Iterable[str]) -> bool:
     """Lower-is-better only when every one of `tasks` says so (ECE, losses)."""
-    return not all(not entry.higher_is_better for (_, task), entry in board.cells.items() if task in set(tasks))
+    wanted = set(tasks)
+    return any(entry.higher_is_better for (_, task), entry in board.cells.items() if task in wanted)
 
 
 def _sort_tasks(board: Board) -> set[str]:

@@ -197,7 +197,8 @@ class HFBackend(Backend):
             argmax = logits.argmax(-1).tolist()  # one device read per step serves every plain greedy row
             next_tokens = [self._choose(row, logits[i], argmax[i]) for i, row in enumerate(active)]
             keep = [i for i, (row, token) in enumerate(zip(active, next_tokens)) if not self._finished(row, token)]
-            done += [row for i, row in enumerate(active) if i not in set(keep)]
+            kept = set(keep)
+            done += [row for i, row in enumerate(active) if i not in kept]
             if not keep:
                 break
             if len(keep) < len(active):
