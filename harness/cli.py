@@ -43,7 +43,8 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--config", help="YAML file of eval settings (any flag below, by its long name with underscores)")
     add("--model", help="HF-format checkpoint folder or hub id (default: the built-in tiny teacher)")
-    add("--tasks", help="task and suite names, comma-separated, or 'all' (default: synth); see `harness tasks`")
+    add("--tasks", help="task and suite names, comma-separated, or 'all' (default: synth; instruct when --model "
+        "is given); see `harness tasks`")
     add("--backend", choices=["hf", "vllm", "auto"], help="hf = transformers (default), vllm, or auto")
     add("--data-dir", help="folder laid out like shared/data (default: $HARNESS_DATA_DIR, then the hub)")
     add("--output-dir", help="results root (default: runs)")
