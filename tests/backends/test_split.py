@@ -21,6 +21,12 @@ def test_split_follows_lm_eval_and_survives_boundary_merges(tiny, random_model):
     [(context, continuation)] = split_requests(merged, [(prompt, "5")])
     assert merged.decode(continuation) == "\n5"
     assert merged.decode(context) == prompt.rstrip()
+    # A context that stops inside a learned token: lm-eval's split would score an empty continuation here.
+    cut = prompt.rstrip()[:-1]
+    whole = merged(cut + ":", add_special_tokens=False)["input_ids"]
+    assert whole[: len(merged(cut, add_special_tokens=False)["input_ids"])] != merged(cut)["input_ids"]
+    [(context, continuation)] = split_requests(merged, [(cut, ":")])
+    assert merged.decode(continuation) == ":" and merged.decode(context) == cut
 
 
 def test_reference_loss_split_keeps_the_prompt_whole(tiny):
