@@ -105,6 +105,7 @@ class Trainer:
         self.on_checkpoint = on_checkpoint
         self.checkpoints: list[Path] = []
         self.teacher = None
+        self.completed_steps = 0  # optimizer steps behind the current weights
 
     # ---- the pipeline -------------------------------------------------------------------------------------
     def run(self) -> list[Path]:
@@ -161,6 +162,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         config = self.config
+        self.completed_steps = start
         bar = tqdm(
             total=self.total_steps,
             initial=start,
@@ -170,6 +172,7 @@ class Trainer:
         for step in range(start + 1, self.total_steps + 1):
             began = time.perf_counter()
             record = {"step": step, "lr": self.scheduler.get_last_lr()[0], **self.optimizer_step(step)}
+            self.completed_steps = step
             seconds = time.perf_counter() - began
             record.update(seconds=seconds, tokens_per_s=record.pop("tokens") / max(seconds, 1e-9))
             last = step == self.total_steps

@@ -16,12 +16,17 @@ on the single-step term (`single_step_weighted`, code false), a pre-training ter
 (`pretrain_kd_ratio`, code 0.5), rewards scaled and clipped (`reward_scale` 2, `reward_clip` 100 in the code).
 Deviations: with gamma < 1 the normaliser stays the count of remaining tokens; whitening is per process and round;
 the importance weight and old log-probs come from the behaviour policy and are held fixed across PPO epochs.
+
+Rollouts come from the shared torch sampling loop, or with `rollout_backend=vllm` from vLLM engines serving the
+student and the teacher, mixed token by token as exactly (`engine_sampling.py`); log-probs, weights and rewards are
+computed by the trainer's own models either way.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +43,7 @@ from harness.trainers.data import (
     shard,
     text_chunks,
 )
+from harness.trainers.engine_sampling import EngineSampler
 from harness.trainers.kd import kd_loss
 from harness.trainers.sampling import Rollout, response_logits, sample, token_logprobs
 from harness.trainers.sft import cross_entropy
@@ -161,12 +167,52 @@ class MiniLLMConfig(TrainConfig):
     pretrain_coef: float = 1.0
     pretrain_kd_ratio: float = 0.0  # code: 0.5 (0.5 LM + 0.5 word-level KD on pre-training text)
     eval_rollouts: int = 32  # validation prompts whose student samples measure the reverse KL
+    # "torch": the shared sampling loop on the trained models. "vllm": vLLM engines for the student (weights
+    # pushed after every optimizer step that changed them) and, when mix_alpha > 0, the teacher; one process
+    # only. "auto": vllm when it is installed and a GPU is present in a one-process run, else torch.
+    rollout_backend: str = "auto"
+    rollout_gpu_memory_utilization: float = 0.25  # each engine's share of the GPU's memory (ignored on CPUs)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rollout_backend not in ("torch", "vllm", "auto"):
+            raise HarnessError(f"rollout_backend={self.rollout_backend!r}: choose torch, vllm or auto")
 
 
 @register_trainer("minillm")
 class MiniLLMTrainer(Trainer):
     config_class = MiniLLMConfig
     needs_teacher = True
+    engines: EngineSampler | None = None  # vLLM rollouts, when rollout_backend resolves to vllm
+
+    def setup(self) -> None:
+        super().setup()
+        self.engines = self.start_engines()
+        self.engine_generator = torch.Generator().manual_seed(self.config.seed)
+
+    def start_engines(self) -> EngineSampler | None:
+        from harness.backends import resolve_backend_name
+
+        config, processes = self.config, self.accelerator.num_processes
+        wanted = config.rollout_backend
+        if wanted == "torch" or (wanted == "auto" and (processes > 1 or resolve_backend_name("auto") != "vllm")):
+            return None
+        if processes > 1:
+            raise HarnessError("rollout_backend=vllm runs in one process: launch one process or use torch")
+        if config.mix_alpha > 0 and config.top_p < 1:
+            raise HarnessError("rollout_backend=vllm mixes the teacher in only with top_p=1: use torch")
+        if not 0 < config.temperature <= 2:
+            raise HarnessError(f"vLLM samples at temperatures up to 2, not {config.temperature}: use torch")
+        options = {"gpu_memory_utilization": config.rollout_gpu_memory_utilization} if torch.cuda.is_available() else {}
+        return EngineSampler(config.model, config.teacher if config.mix_alpha > 0 else None, self.vocab_size,
+                             config.max_prompt_tokens + config.max_new_tokens, config.seed, **options)
+
+    def run(self) -> list[Path]:
+        try:
+            return super().run()
+        finally:
+            if self.engines is not None:
+                self.engines.close()
 
     def prepare_data(self) -> None:
         config = self.config
@@ -213,6 +259,11 @@ class MiniLLMTrainer(Trainer):
         """Student samples of `prompts`, mixed with the teacher at `mix_alpha` (default: the configured one)."""
         config, device = self.config, self.accelerator.device
         mix_alpha = config.mix_alpha if mix_alpha is None else mix_alpha
+        if self.engines is not None:
+            self.engines.load_weights(self.student, self.completed_steps)
+            return self.engines.sample(prompts, generator=self.engine_generator, eos_id=self.tokenizer.eos_token_id,
+                                       pad_id=self.tokenizer.pad_token_id, max_new_tokens=config.max_new_tokens,
+                                       temperature=config.temperature, top_p=config.top_p, mix_alpha=mix_alpha)
         ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
         with self.accelerator.autocast():
             return sample(self.student, ids.to(device), mask.to(device), eos_id=self.tokenizer.eos_token_id,
@@ -297,10 +348,12 @@ class MiniLLMTrainer(Trainer):
         return results
 
     def extra_state(self) -> dict:
-        return {"buffer": self.buffer, "pending": self.pending, "round_stats": self.round_stats}
+        return {"buffer": self.buffer, "pending": self.pending, "round_stats": self.round_stats,
+                "engine_generator": self.engine_generator.get_state()}
 
     def load_extra_state(self, state: dict) -> None:
         self.buffer, self.pending, self.round_stats = state["buffer"], state["pending"], state["round_stats"]
+        self.engine_generator.set_state(state["engine_generator"])
 
 
 def trim(buffer: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -6,8 +6,6 @@ code trains with r = 0.5). The gold response field of the training file is never
 it by mistake in one path, which would make this plain SFT. The samples are written to `<output>/teacher_samples
 .jsonl` before training and reused on resume, so a resumed run trains on the same targets. With
 `sample_backend=vllm` the teacher answers through the harness's vLLM backend (one engine, per-request seeds).
-MiniLLM cannot do the same: each of its tokens is drawn from a mixture of the student's and the teacher's
-distributions, which an inference engine serving one model does not expose.
 """
 
 from __future__ import annotations

