@@ -4,9 +4,13 @@ A method subclasses `Trainer` and overrides only what differs: `prepare_data`, `
 (and `evaluate` to log more). The loop is written here instead of on `transformers.Trainer`/TRL because MiniLLM
 alternates rollout rounds with several PPO epochs over a buffer and adds a second data stream each step, and
 SeqKD regenerates its targets; one hand-written loop keeps checkpoint, resume and logging identical for all of
-them. It runs through `accelerate`, so the same code runs under `accelerate launch`/`torchrun` (DDP). Sampling
-and evaluation use the unwrapped model, so FSDP is not supported; nor is DeepSpeed, whose engine steps the
-optimizer inside every backward and so bypasses the accumulation here.
+them. It runs through `accelerate`, so the same code runs under `accelerate launch`/`torchrun` with DDP, FSDP2 or
+DeepSpeed ZeRO-2 (`configs/accelerate/`). Sampling and evaluation need the whole student on each process without
+synchronising processes: under DDP and ZeRO-2 that is the unwrapped model; FSDP2 shards it, so a full copy is
+refreshed after each optimizer step. FSDP1 and ZeRO-3 are refused: they also shard the weights, and ZeRO-3 would
+partition the teacher on loading too. DeepSpeed steps its optimizer inside `backward` at the accumulation
+boundary, which the loop marks on its last micro-batch; its gradient clipping and micro-batch size are set from
+the recipe.
 
 `batch_size` is the number of sequences per optimizer step over all processes (the papers' batch size); each
 process runs `batch_size / num_processes` sequences in forward passes of at most `micro_batch_size`.
@@ -14,6 +18,7 @@ process runs `batch_size / num_processes` sequences in forward passes of at most
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -117,13 +122,18 @@ class Trainer:
 
     def setup(self) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import InitProcessGroupKwargs, set_seed
 
         config = self.config
+        # DeepSpeed on CPUs needs gloo named explicitly (accelerate's CPU mode would replace DeepSpeed by DDP).
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        cpu_group = [InitProcessGroupKwargs(backend="gloo")] if processes > 1 and not torch.cuda.is_available() else []
         self.accelerator = Accelerator(
-            mixed_precision=_PRECISIONS[config.precision], step_scheduler_with_optimizer=False
+            mixed_precision=_PRECISIONS[config.precision], step_scheduler_with_optimizer=False,
+            kwargs_handlers=cpu_group,
         )
-        if int(os.environ.get("WORLD_SIZE", "1")) != self.accelerator.num_processes:
+        self.configure_strategy()
+        if processes != self.accelerator.num_processes:
             raise HarnessError("launched as several processes but accelerate saw one: on CPUs set "
                                "ACCELERATE_USE_CPU=1 (or use `accelerate launch --cpu`)")
         if config.batch_size % self.accelerator.num_processes:
@@ -141,7 +151,26 @@ class Trainer:
             decay_groups(model, config.weight_decay), lr=config.lr, betas=tuple(config.betas)
         )
         scheduler = make_schedule(config, optimizer, self.total_steps)
+        self.replica = copy.deepcopy(model).to(self.accelerator.device).requires_grad_(False) if self.sharded else None
+        self.replica_version: int | None = None
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+
+    def configure_strategy(self) -> None:
+        """Refuse the strategies the loop cannot run; give DeepSpeed the recipe's clipping and micro-batch."""
+        from accelerate.utils import DistributedType
+
+        state = self.accelerator.state
+        kind = self.accelerator.distributed_type
+        if kind == DistributedType.FSDP and not self.accelerator.is_fsdp2:
+            raise HarnessError("FSDP1 is not supported: set fsdp_version: 2 (configs/accelerate/fsdp.yaml)")
+        if kind == DistributedType.DEEPSPEED:
+            plugin = state.deepspeed_plugin
+            if plugin.zero_stage == 3:
+                raise HarnessError("DeepSpeed ZeRO-3 is not supported: use ZeRO-2 (configs/accelerate/deepspeed"
+                                   ".yaml) or FSDP2 (configs/accelerate/fsdp.yaml)")
+            plugin.deepspeed_config.update(gradient_clipping=self.config.max_grad_norm,
+                                           train_micro_batch_size_per_gpu=self.config.micro_batch_size)
+        self.sharded = kind == DistributedType.FSDP
 
     def load_teacher(self):
         if not self.config.teacher:
@@ -155,8 +184,20 @@ class Trainer:
 
     @property
     def student(self):
-        """The student without its DDP wrapper: for sampling and evaluation, which must not synchronise."""
-        return self.accelerator.unwrap_model(self.model)
+        """The whole student on this process, for sampling and evaluation, which must not synchronise processes.
+
+        Under FSDP it is a full copy, gathered from the shards when an optimizer step has changed them: a
+        collective, so every process reads `student` at the same points of the loop.
+        """
+        if self.replica is None:
+            return self.accelerator.unwrap_model(self.model)
+        if self.replica_version != self.completed_steps:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            weights = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+            self.replica.load_state_dict(weights)
+            self.replica_version = self.completed_steps
+        return self.replica
 
     def loop(self, start: int) -> None:
         from tqdm.auto import tqdm
@@ -201,6 +242,7 @@ class Trainer:
         for index, batch in enumerate(batches):
             share = float(batch.pop("loss_weight", self.batch_rows(batch) / rows))
             sync = index == len(batches) - 1
+            self.accelerator.sync_gradients = sync  # DeepSpeed's accumulation boundary
             with nullcontext() if sync else self.accelerator.no_sync(self.model):
                 loss, terms = self.compute_loss(batch)
                 self.accelerator.backward(loss * share)
@@ -342,7 +384,7 @@ class Trainer:
         weights = state.get_state_dict(self.model)
         torch.save(self.extra_state(), temporary / ckpt.TRAINING_STATE / f"method_{state.process_index}.pt")
         if state.is_main_process:
-            self.student.save_pretrained(temporary, state_dict=weights, safe_serialization=True)
+            state.unwrap_model(self.model).save_pretrained(temporary, state_dict=weights, safe_serialization=True)
             self.tokenizer.save_pretrained(temporary)
             self.write_config(temporary)
         state.wait_for_everyone()
