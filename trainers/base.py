@@ -125,9 +125,11 @@ class Trainer:
         from accelerate.utils import InitProcessGroupKwargs, set_seed
 
         config = self.config
+        processes, on_cpu = int(os.environ.get("WORLD_SIZE", "1")), not torch.cuda.is_available()
         # DeepSpeed on CPUs needs gloo named explicitly (accelerate's CPU mode would replace DeepSpeed by DDP).
-        processes = int(os.environ.get("WORLD_SIZE", "1"))
-        cpu_group = [InitProcessGroupKwargs(backend="gloo")] if processes > 1 and not torch.cuda.is_available() else []
+        cpu_group = [InitProcessGroupKwargs(backend="gloo")] if processes > 1 and on_cpu else []
+        if on_cpu:  # accelerate imports DeepSpeed when installed; naming its device keeps it from printing a guess
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         self.accelerator = Accelerator(
             mixed_precision=_PRECISIONS[config.precision], step_scheduler_with_optimizer=False,
             kwargs_handlers=cpu_group,
