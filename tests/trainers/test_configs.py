@@ -53,3 +53,12 @@ def test_vllm_rollouts_refuse_what_the_engines_cannot_sample_before_starting_the
                   base_overrides(synth, tmp_path) + ["rollout_backend=vllm", change])
     with pytest.raises(HarnessError, match="use torch"):
         MiniLLMTrainer(config).setup()
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "accelerate").glob("*.yaml")), ids=lambda p: p.stem)
+def test_accelerate_configs_are_valid_and_leave_precision_to_the_recipe(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))  # unknown keys are errors
+    assert config.num_processes == 8 and config.mixed_precision is None  # launch then passes "no"
+    assert config.distributed_type in ("MULTI_GPU", "FSDP", "DEEPSPEED")
