@@ -149,7 +149,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     from harness.pipeline import recipe_path
     from harness.trainers import train
 
-    for path in train(args.method, recipe_path(args.method, args.config), args.overrides):
+    recipe = recipe_path(args.method, args.config)
+    if args.show_config:
+        import yaml
+
+        from harness.config import load, to_dict
+        from harness.trainers import config_class
+
+        print(yaml.safe_dump(to_dict(load(config_class(args.method), recipe, args.overrides)), sort_keys=False), end="")
+        return
+    for path in train(args.method, recipe, args.overrides):
         print(path)
 
 
@@ -198,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--baseline", help="model name to subtract in the ROUGE-L-per-length figure, e.g. sft@80")
     training = command("train", cmd_train, "train a student with a recipe and save HF checkpoints")
     _add_train_arguments(training)
+    training.add_argument("--show-config", action="store_true",
+                          help="print every setting of the method with its resolved value (defaults, recipe, "
+                               "overrides) and exit without training")
     both = command("train-and-eval", cmd_train_and_eval,
                    "train, evaluate every checkpoint as soon as it is written, then write the leaderboard; "
                    "`harness train-and-eval minillm` alone runs the built-in tiny recipe (teacher, SFT-initialised "
@@ -215,7 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # argparse stops collecting `key=value` overrides at the first option; the ones after it belong there too
+    if hasattr(args, "overrides") and unknown and all("=" in arg and not arg.startswith("-") for arg in unknown):
+        args.overrides += unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

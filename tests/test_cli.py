@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,22 @@ def test_user_errors_are_one_line_and_exit_2(args, message, capsys, random_model
 def test_malformed_gen_kwargs_is_rejected_by_the_parser():
     result = harness("eval", "--gen-kwargs", "oops")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "key=value" in result.stderr
+
+
+def test_show_config_resolves_recipe_and_overrides_wherever_they_stand(capsys):
+    import yaml
+
+    recipe = str(Path(__file__).resolve().parents[1] / "configs" / "kd.yaml")
+    assert main(["train", "kd", "lr=3e-4", "--config", recipe, "kd_ratio=0.25", "--show-config"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert (shown["lr"], shown["kd_ratio"], shown["output_dir"]) == (3e-4, 0.25, "runs/tiny/kd")
+    assert {"model", "teacher", "max_grad_norm", "precision"} <= shown.keys()
+
+
+def test_stray_arguments_are_still_rejected():
+    for args in (["train", "kd", "--bogus"], ["eval", "--model", "m", "lr=3"]):
+        result = harness(*args)
+        assert result.returncode == 2 and "unrecognized arguments" in result.stderr
 
 
 def test_tasks_lists_every_task_with_its_source(capsys):
