@@ -42,9 +42,12 @@ def shared_data_rows():
     (["eval", "--model", "MODEL", "--tasks", "dolly", "--gen-kwargs", "tempreature=1"], "unknown --gen-kwargs key"),
     (["eval", "--model", "MODEL", "--config", "/nonexistent.yaml"], "no config file at /nonexistent.yaml"),
     (["report", "--output-dir", "/nonexistent"], "no results under /nonexistent"),
+    (["train", "sft", "model=./no-such-ckpt"], "no checkpoint at ./no-such-ckpt"),
+    (["train", "kd", "model=MODEL", "teacher=/no/teacher"], "no checkpoint at /no/teacher"),
+    (["train", "minillm", "model=MODEL", "teacher=MODEL", "rollout_backend=ray"], "rollout_backend='ray'"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message, capsys, random_model):
-    assert main([str(random_model) if arg == "MODEL" else arg for arg in args]) == 2
+    assert main([arg.replace("MODEL", str(random_model)) for arg in args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
 

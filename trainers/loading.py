@@ -5,12 +5,25 @@ from __future__ import annotations
 import torch
 
 from harness.errors import HarnessError
+from harness.models import check_local
+
+
+def _from_pretrained(loader, path: str, **options):
+    """`loader.from_pretrained(path)`, with a missing checkpoint or an unreachable hub id as a one-line error."""
+    if not path:
+        raise HarnessError("no model given: set model=<checkpoint folder or hub id>")
+    check_local(path)  # a local path that is missing or not a checkpoint
+    try:
+        return loader.from_pretrained(path, **options)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        raise HarnessError(f"cannot load {path!r}: {reason}") from None
 
 
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = _from_pretrained(AutoTokenizer, path)
     if tokenizer.eos_token_id is None:
         raise HarnessError(f"the tokenizer of {path} has no eos token: set eos_token in its tokenizer_config.json")
     if tokenizer.pad_token_id is None:
@@ -21,13 +34,7 @@ def load_tokenizer(path: str):
 def load_model(path: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
-    if not path:
-        raise HarnessError("no model given: set model=<checkpoint folder or hub id>")
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as error:
-        kind = error.__class__.__name__
-        raise HarnessError(f"cannot load a causal LM from {path!r} ({kind}): check the path") from None
+    return _from_pretrained(AutoModelForCausalLM, path, dtype=dtype)
 
 
 def decay_groups(model, weight_decay: float) -> list[dict]:
