@@ -145,9 +145,9 @@ class Trainer:
         set_seed(config.seed)
         self.tokenizer = load_tokenizer(config.model)
         self.vocab_size = len(self.tokenizer)
-        model = load_model(config.model)
         if self.needs_teacher:
             self.teacher = self.load_teacher()
+        model = load_model(config.model)
         self.prepare_data()
         optimizer = torch.optim.AdamW(
             decay_groups(model, config.weight_decay), lr=config.lr, betas=tuple(config.betas)
