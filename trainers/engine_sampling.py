@@ -82,12 +82,11 @@ class EngineSampler:
 
         def submit(row: int) -> None:
             start = len(responses[row])
-            turn = teacher_turn[row, start:]
-            engine = int(turn[0])
-            run = int(turn.ne(turn[0]).nonzero()[0]) if turn.ne(turn[0]).any() else len(turn)
-            params = SamplingParams(max_tokens=run, temperature=temperature, top_p=top_p, seed=seeds[row][start],
-                                    stop_token_ids=[eos_id], allowed_token_ids=self.allowed_ids,
-                                    detokenize=False,
+            turns = teacher_turn[row, start:]
+            engine = int(turns[0])
+            params = SamplingParams(max_tokens=_run_length(turns), temperature=temperature, top_p=top_p,
+                                    seed=seeds[row][start], stop_token_ids=[eos_id],
+                                    allowed_token_ids=self.allowed_ids, detokenize=False,
                                     output_kind=RequestOutputKind.FINAL_ONLY)
             request_id = f"{row}:{start}"
             prompt = TokensPrompt(prompt_token_ids=prompts[row] + responses[row])
@@ -113,6 +112,12 @@ class EngineSampler:
         for engine in self.engines:
             engine.close()
         shutil.rmtree(self.weights_folder, ignore_errors=True)
+
+
+def _run_length(turns: torch.Tensor) -> int:
+    """How many positions, from the first, the same model samples."""
+    changes = (turns != turns[0]).nonzero()
+    return int(changes[0]) if len(changes) else len(turns)
 
 
 def _rollout(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Rollout:
