@@ -16,8 +16,10 @@ batching. The importance weights and old log-probs are still computed afterwards
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,17 +32,19 @@ from harness.trainers.sampling import Rollout
 class EngineSampler:
     """vLLM engines for the student (trained) and optionally the teacher (frozen), for `sample`.
 
-    `vocab_size` is the tokenizer's length: ids past it (padded embedding rows) are never sampled.
+    `vocab_size` is the tokenizer's length: ids past it (padded embedding rows) are never sampled. On a GPU
+    `device` the engines run on that GPU (one training process per GPU: each has its own engines).
     """
 
     def __init__(self, student: str, teacher: str | None, vocab_size: int, max_model_len: int, seed: int,
-                 **engine_options):
+                 device: torch.device | None = None, **engine_options):
         from harness.backends.vllm import VLLMBackend
 
         options = {"max_model_len": max_model_len, "seed": seed, **engine_options}
-        self.engines = [VLLMBackend(student, **options)]
-        if teacher is not None:
-            self.engines.append(VLLMBackend(teacher, **options))
+        with only_visible_gpu(device):
+            self.engines = [VLLMBackend(student, **options)]
+            if teacher is not None:
+                self.engines.append(VLLMBackend(teacher, **options))
         engine_vocab = self.engines[0].engine.llm_engine.model_config.get_vocab_size()
         self.allowed_ids = list(range(vocab_size)) if engine_vocab > vocab_size else None
         # Weights reach the engine's worker process as files; shared memory keeps that a memory copy.
@@ -52,7 +56,12 @@ class EngineSampler:
         """Give the student engine `model`'s current weights, unless it already has those of `version`."""
         if version == self.weights_version:
             return
-        model.save_pretrained(self.weights_folder, safe_serialization=True)
+        from safetensors.torch import save_file
+
+        # Copies, so tied weights are separate tensors for safetensors; not save_pretrained, which under
+        # torch.distributed writes on the first process only, while every process has its own engines.
+        weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
+        save_file(weights, self.weights_folder / "model.safetensors")
         self.engines[0].load_weights(self.weights_folder)
         self.weights_version = version
 
@@ -112,6 +121,25 @@ class EngineSampler:
         for engine in self.engines:
             engine.close()
         shutil.rmtree(self.weights_folder, ignore_errors=True)
+
+
+@contextmanager
+def only_visible_gpu(device: torch.device | None):
+    """Show engines started inside only `device`'s GPU: vLLM's worker processes take the first visible one, and
+    with one training process per GPU every process must put its engines on its own."""
+    if device is None or device.type != "cuda":
+        yield
+        return
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = before.split(",") if before else [str(index) for index in range(torch.cuda.device_count())]
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible[device.index or 0]
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
 def _run_length(turns: torch.Tensor) -> int:

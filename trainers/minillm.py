@@ -168,8 +168,8 @@ class MiniLLMConfig(TrainConfig):
     pretrain_kd_ratio: float = 0.0  # code: 0.5 (0.5 LM + 0.5 word-level KD on pre-training text)
     eval_rollouts: int = 32  # validation prompts whose student samples measure the reverse KL
     # "torch": the shared sampling loop on the trained models. "vllm": vLLM engines for the student (weights
-    # pushed after every optimizer step that changed them) and, when mix_alpha > 0, the teacher; one process
-    # only. "auto": vllm when it is installed and a GPU is present in a one-process run, else torch.
+    # pushed after every optimizer step that changed them) and, when mix_alpha > 0, the teacher, in every
+    # process on its own GPU. "auto": vllm when it is installed and a GPU is present, else torch.
     rollout_backend: str = "auto"
     rollout_gpu_memory_utilization: float = 0.25  # each engine's share of the GPU's memory (ignored on CPUs)
 
@@ -188,24 +188,26 @@ class MiniLLMTrainer(Trainer):
     def setup(self) -> None:
         super().setup()
         self.engines = self.start_engines()
-        self.engine_generator = torch.Generator().manual_seed(self.config.seed)
+        # each process samples its own prompts with its own engines: independent draws per process
+        self.engine_generator = torch.Generator().manual_seed(self.config.seed + self.accelerator.process_index)
 
     def start_engines(self) -> EngineSampler | None:
+        """This process's vLLM engines, when rollout_backend asks for them (or `auto` finds vLLM and a GPU)."""
         from harness.backends import resolve_backend_name
 
-        config, processes = self.config, self.accelerator.num_processes
-        wanted = config.rollout_backend
-        if wanted == "torch" or (wanted == "auto" and (processes > 1 or resolve_backend_name("auto") != "vllm")):
+        config = self.config
+        if config.rollout_backend == "torch" or resolve_backend_name(config.rollout_backend) != "vllm":
             return None
-        if processes > 1:
-            raise HarnessError("rollout_backend=vllm runs in one process: launch one process or use torch")
         if config.mix_alpha > 0 and config.top_p < 1:
             raise HarnessError("rollout_backend=vllm mixes the teacher in only with top_p=1: use torch")
         if not 0 < config.temperature <= 2:
             raise HarnessError(f"vLLM samples at temperatures up to 2, not {config.temperature}: use torch")
-        options = {"gpu_memory_utilization": config.rollout_gpu_memory_utilization} if torch.cuda.is_available() else {}
+        options = {}
+        if torch.cuda.is_available():
+            options["gpu_memory_utilization"] = config.rollout_gpu_memory_utilization
         return EngineSampler(config.model, config.teacher if config.mix_alpha > 0 else None, self.vocab_size,
-                             config.max_prompt_tokens + config.max_new_tokens, config.seed, **options)
+                             config.max_prompt_tokens + config.max_new_tokens, config.seed,
+                             device=self.accelerator.device, **options)
 
     def run(self) -> list[Path]:
         try:

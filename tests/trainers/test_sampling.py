@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -82,3 +83,14 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 
 def test_positions_start_at_the_first_real_token():
     assert positions(torch.tensor([[0, 0, 1, 1, 1]])).tolist() == [[0, 0, 0, 1, 2]]
+
+
+def test_engines_of_a_gpu_process_see_only_its_gpu(monkeypatch):
+    from harness.trainers.engine_sampling import only_visible_gpu
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    with only_visible_gpu(torch.device("cuda", 1)):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6"
+    with only_visible_gpu(torch.device("cpu")):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6"
