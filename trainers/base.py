@@ -7,8 +7,9 @@ SeqKD regenerates its targets; one hand-written loop keeps checkpoint, resume an
 them. It runs through `accelerate`, so the same code runs under `accelerate launch`/`torchrun` with DDP, FSDP2 or
 DeepSpeed ZeRO-2 (`configs/accelerate/`). Sampling and evaluation need the whole student on each process without
 synchronising processes: under DDP and ZeRO-2 that is the unwrapped model; FSDP2 shards it, so a full copy is
-refreshed after each optimizer step. FSDP1 and ZeRO-3 are refused: they also shard the weights, and ZeRO-3 would
-partition the teacher on loading too. DeepSpeed steps its optimizer inside `backward` at the accumulation
+refreshed after each optimizer step. Refused: FSDP1, which FSDP2 supersedes (gathering its full state dict
+crashed inside torch with two CPU processes), and ZeRO-3, which would partition the teacher as it loads and
+needs every process in every forward pass. DeepSpeed steps its optimizer inside `backward` at the accumulation
 boundary, which the loop marks on its last micro-batch; its gradient clipping and micro-batch size are set from
 the recipe.
 
