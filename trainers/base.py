@@ -154,7 +154,8 @@ class Trainer:
             decay_groups(model, config.weight_decay), lr=config.lr, betas=tuple(config.betas)
         )
         scheduler = make_schedule(config, optimizer, self.total_steps)
-        self.replica = copy.deepcopy(model).to(self.accelerator.device).requires_grad_(False) if self.sharded else None
+        sharded = self.accelerator.is_fsdp2  # sampling then needs a full copy: see `student`
+        self.replica = copy.deepcopy(model).to(self.accelerator.device).requires_grad_(False) if sharded else None
         self.replica_version: int | None = None
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
 
@@ -173,7 +174,6 @@ class Trainer:
                                    ".yaml) or FSDP2 (configs/accelerate/fsdp.yaml)")
             plugin.deepspeed_config.update(gradient_clipping=self.config.max_grad_norm,
                                            train_micro_batch_size_per_gpu=self.config.micro_batch_size)
-        self.sharded = kind == DistributedType.FSDP
 
     def load_teacher(self):
         if not self.config.teacher:

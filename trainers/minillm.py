@@ -18,8 +18,8 @@ Deviations: with gamma < 1 the normaliser stays the count of remaining tokens; w
 the importance weight and old log-probs come from the behaviour policy and are held fixed across PPO epochs.
 
 Rollouts come from the shared torch sampling loop, or with `rollout_backend=vllm` from vLLM engines serving the
-student and the teacher, mixed token by token as exactly (`engine_sampling.py`); log-probs, weights and rewards are
-computed by the trainer's own models either way.
+student and the teacher, mixed token by token from the same distribution (`engine_sampling.py`); log-probs,
+weights and rewards are computed by the trainer's own models either way.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ class MiniLLMTrainer(Trainer):
         from harness.backends import resolve_backend_name
 
         config = self.config
-        if config.rollout_backend == "torch" or resolve_backend_name(config.rollout_backend) != "vllm":
+        if resolve_backend_name(config.rollout_backend) != "vllm":
             return None
         if config.mix_alpha > 0 and config.top_p < 1:
             raise HarnessError("rollout_backend=vllm mixes the teacher in only with top_p=1: use torch")
