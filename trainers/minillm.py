@@ -355,7 +355,8 @@ class MiniLLMTrainer(Trainer):
 
     def load_extra_state(self, state: dict) -> None:
         self.buffer, self.pending, self.round_stats = state["buffer"], state["pending"], state["round_stats"]
-        self.engine_generator.set_state(state["engine_generator"])
+        if "engine_generator" in state:  # absent from checkpoints written before vLLM rollouts existed
+            self.engine_generator.set_state(state["engine_generator"])
 
 
 def trim(buffer: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
