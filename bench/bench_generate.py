@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_loglikelihood import timed  # noqa: E402
-from bench.random_llama import build, machine, passage  # noqa: E402
+from bench.random_llama import add_model_arguments, build, machine, ours_and_peer, passage  # noqa: E402
 
 
 def tiny_teacher_and_prompts(count: int) -> tuple[Path, list[str]]:
@@ -38,31 +38,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default=None)
+    add_model_arguments(parser)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="the tiny teacher on synthetic prompts")
     args = parser.parse_args()
 
-    import torch
     from lm_eval.api.instance import Instance
-    from lm_eval.models.huggingface import HFLM
 
-    from harness.backends import GenerationRequest, SamplingSettings, load
+    from harness.backends import GenerationRequest, SamplingSettings
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     if args.tiny:
         folder, prompts = tiny_teacher_and_prompts(args.prompts)
     else:
         folder = build(Path(tempfile.mkdtemp()) / "model", args.hidden, args.layers, args.dtype)
         rng = random.Random(2)
         prompts = [passage(rng, 20, 250) for _ in range(args.prompts)]
-    ours = load(str(folder), device=device, dtype=args.dtype, batch_size=args.batch_size)
-    peer = HFLM(pretrained=str(folder), device=device, dtype=args.dtype, batch_size=args.batch_size)
+    device, sync, ours, peer = ours_and_peer(folder, args)
     # "until" must name something: HFLM adds the end-of-text token, which a random model rarely picks.
     gen_kwargs = {"until": ["<|endoftext|>"], "max_gen_toks": args.new_tokens, "do_sample": False}
     requests = [GenerationRequest(p, SamplingSettings(max_new_tokens=args.new_tokens)) for p in prompts]

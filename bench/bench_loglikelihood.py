@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.random_llama import build, machine, passage  # noqa: E402
+from bench.random_llama import add_model_arguments, build, machine, ours_and_peer, passage  # noqa: E402
 
 
 def questions(count: int, options: int, seed: int = 1) -> list[tuple[str, str]]:
@@ -47,25 +47,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=500)
     parser.add_argument("--options", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default=None)
+    add_model_arguments(parser)
     args = parser.parse_args()
 
-    import torch
     from lm_eval.api.instance import Instance
-    from lm_eval.models.huggingface import HFLM
 
-    from harness.backends import load
 
     folder = build(Path(tempfile.mkdtemp()) / "model", args.hidden, args.layers, args.dtype)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    device, sync, ours, peer = ours_and_peer(folder, args)
     pairs = questions(args.questions, args.options)
-    ours = load(str(folder), device=device, dtype=args.dtype, batch_size=args.batch_size)
-    peer = HFLM(pretrained=str(folder), device=device, dtype=args.dtype, batch_size=args.batch_size)
     instances = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
     ours.loglikelihood(pairs[:64], progress=False)  # warm-up: kernels, allocator
     peer.loglikelihood(instances[:64], disable_tqdm=True)

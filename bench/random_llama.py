@@ -48,3 +48,29 @@ def machine() -> str:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}; "
             f"torch {torch.__version__}")
+
+
+def add_model_arguments(parser) -> None:
+    """The options both side-by-side benchmarks share: the random model's size, its dtype, device and batch."""
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default=None)
+
+
+def ours_and_peer(folder: Path, args):
+    """The checkpoint in our transformers backend and in lm-eval's HFLM, on the same device, dtype and batch size.
+
+    Returns (device, synchronise, ours, peer); `synchronise` waits for the GPU so timings include its work.
+    """
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.backends import load
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    synchronise = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    ours = load(str(folder), device=device, dtype=args.dtype, batch_size=args.batch_size)
+    peer = HFLM(pretrained=str(folder), device=device, dtype=args.dtype, batch_size=args.batch_size)
+    return device, synchronise, ours, peer

@@ -87,12 +87,16 @@ def _lcs_fmeasure(target: list[str], prediction: list[str]) -> float:
     return 0.0
 
 
+def _check_references(references: list[str], metric: str) -> None:
+    if isinstance(references, str):
+        raise ValueError(f"{metric} takes a list of reference strings; wrap one reference as [reference]")
+    if not references:
+        raise ValueError(f"{metric} needs at least one reference; the sample has an empty reference list")
+
+
 def rouge_l(prediction: str, references: list[str]) -> float:
     """ROUGE-L F-measure (rouge_score `rougeL`, Porter stemmer on), max over references; in [0, 1]."""
-    if isinstance(references, str):
-        raise ValueError("rouge_l takes a list of reference strings; wrap one reference as [reference]")
-    if not references:
-        raise ValueError("rouge_l needs at least one reference; the sample has an empty reference list")
+    _check_references(references, "rouge_l")
     predicted = rouge_tokenize(prediction)
     return max(_lcs_fmeasure(rouge_tokenize(reference), predicted) for reference in references)
 
@@ -111,10 +115,7 @@ def normalize_answer(text: str) -> str:
 
 def exact_match(prediction: str, references: list[str]) -> float:
     """1.0 if the normalised prediction equals any normalised reference, else 0.0."""
-    if isinstance(references, str):
-        raise ValueError("exact_match takes a list of reference strings; wrap one reference as [reference]")
-    if not references:
-        raise ValueError("exact_match needs at least one reference; the sample has an empty reference list")
+    _check_references(references, "exact_match")
     predicted = normalize_answer(prediction)
     return float(any(normalize_answer(reference) == predicted for reference in references))
 
