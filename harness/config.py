@@ -25,8 +25,15 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {field.name: hints[field.name] for field in dataclasses.fields(cls)}
 
 
+def _type_name(annotation: Any) -> str:
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "text"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation)))
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Turn YAML values into the annotated type where the two differ (lists to tuples, nested dataclasses)."""
+    """Check a YAML or override value against the annotated type, converting where the two only differ in form
+    (lists to tuples, ints to floats, strings to paths, nested dataclasses). `true` is no number and `1.5` no
+    whole number: a wrong type is an error naming the setting, not a surprise deep inside a run."""
     origin = typing.get_origin(annotation)
     if dataclasses.is_dataclass(annotation) and isinstance(value, Mapping):
         return from_dict(annotation, value, where=f"{where}.")
@@ -35,19 +42,32 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if value is None:
             return None
         return _coerce(value, options[0], where) if len(options) == 1 else value
-    if origin is tuple and isinstance(value, list | tuple):
+    if annotation is tuple and isinstance(value, list | tuple):
         return tuple(value)
-    if annotation is tuple and isinstance(value, list):
-        return tuple(value)
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise HarnessError(f"setting {where} must be a list, not {value!r}")
+        items = typing.get_args(annotation)
+        if len(items) == 2 and items[1] is Ellipsis:
+            return tuple(_coerce(item, items[0], f"{where}[{i}]") for i, item in enumerate(value))
+        if len(items) != len(value):
+            raise HarnessError(f"setting {where} must be a list of {len(items)} values, not {list(value)!r}")
+        return tuple(_coerce(item, kind, f"{where}[{i}]") for i, (item, kind) in enumerate(zip(value, items)))
     if annotation is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
         try:
             return float(value)
         except ValueError:
             raise HarnessError(f"setting {where} must be a number, not {value!r}") from None
-    if annotation is Path and isinstance(value, str):
+    if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if annotation is Path and isinstance(value, str | Path):
         return Path(value)
+    if annotation in (int, float, bool, str, Path) and (
+        not isinstance(value, annotation) or (annotation is int and isinstance(value, bool))
+    ):
+        raise HarnessError(f"setting {where} must be {_type_name(annotation)}, not {value!r}")
+    if origin is dict and not isinstance(value, Mapping):
+        raise HarnessError(f"setting {where} must be a mapping of key: value, not {value!r}")
     return value
 
 

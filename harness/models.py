@@ -4,12 +4,21 @@ The identity is what generation caches are keyed on, so it must change whenever 
 its cache on the model name and serves one model's outputs to another (its issues #2715 and #4063). We hash the
 file contents instead. Weight files can be tens of GB, so for those we hash the size and three 4 MiB windows
 (start, middle, end): any training step rewrites every tensor, so the windows change with it.
+
+`check_checkpoint` reads a folder before anything loads it, so a broken or unsafe checkpoint costs one line, not a
+traceback after minutes: config.json must be a JSON object naming a known architecture, a config or tokenizer
+that declares its own Python code (`auto_map`) needs `trust_remote_code`, weights must exist, a safetensors file
+must hold a whole header and every tensor its header lists, and a pickled weight file (.bin/.pt) must load with
+torch's safe (`weights_only`) unpickler.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import pickle
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,19 +89,108 @@ def display_name(model: str, folder: Path) -> str:
     return name
 
 
-def check_local(model: str) -> Path | None:
-    """The checkpoint folder if `model` is local, None if it is a hub id; a broken local path is an error."""
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HarnessError(f"{path} is not valid JSON ({error}): restore it from the original checkpoint") from None
+    if not isinstance(value, dict):
+        raise HarnessError(f"{path} must hold a JSON object: restore it from the original checkpoint")
+    return value
+
+
+def check_safetensors(path: Path) -> None:
+    """The header is whole JSON and every tensor it lists lies inside the file (a truncated copy fails here)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
+        header = handle.read(length) if 0 < length <= min(size - 8, 100 << 20) else b""
+    try:
+        tensors = json.loads(header)
+        end = max((info["data_offsets"][1] for name, info in tensors.items() if name != "__metadata__"), default=0)
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError, IndexError, AttributeError):
+        raise HarnessError(f"{path} is not a safetensors file (unreadable header): re-save or re-download it") from None
+    if 8 + length + end > size:
+        raise HarnessError(f"{path} is truncated ({size} of {8 + length + end} bytes): re-save or re-download it")
+
+
+def check_pickled_weights(path: Path) -> None:
+    """A .bin/.pt state dict must load with torch's safe unpickler, as transformers loads it."""
+    import torch
+
+    try:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
+    except pickle.UnpicklingError:
+        raise HarnessError(f"{path} holds pickled objects that safe loading refuses (it could run code): "
+                           "convert it to safetensors from a copy you trust") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise HarnessError(f"{path} is not a readable torch weight file ({str(error).splitlines()[0]}): "
+                           "re-save or re-download it") from None
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The files transformers would load: safetensors when present (sharded per its index), else pickles."""
+    for kind in ("safetensors", "bin"):
+        index = folder / f"{'model' if kind == 'safetensors' else 'pytorch_model'}.{kind}.index.json"
+        if index.is_file():
+            shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+            missing = [shard for shard in shards if not (folder / shard).is_file()]
+            if missing:
+                raise HarnessError(f"{folder} lacks {missing[0]}, listed in {index.name}: copy the whole checkpoint")
+            return [folder / shard for shard in shards]
+    found = sorted(folder.glob("*.safetensors"))
+    return found or sorted(path for suffix in ("*.bin", "*.pt", "*.pth") for path in folder.glob(suffix)
+                           if not path.name.startswith(("training_args", "optimizer", "scheduler", "rng")))
+
+
+def check_checkpoint(folder: Path, trust_remote_code: bool = False) -> None:
+    """Everything about an HF-format folder that can be known without loading it (see the module docstring)."""
+    config = _read_json(folder / "config.json")
+    tokenizer_config = folder / "tokenizer_config.json"
+    declares_code = "auto_map" in config or (tokenizer_config.is_file() and "auto_map" in _read_json(tokenizer_config))
+    if declares_code and not trust_remote_code:
+        raise HarnessError(f"{folder} declares its own Python code (auto_map): pass --trust-remote-code (or "
+                           "trust_remote_code=true) only if you trust its source")
+    if not declares_code:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        if config.get("model_type") not in CONFIG_MAPPING_NAMES:
+            raise HarnessError(f"{folder / 'config.json'} names no architecture transformers knows (model_type "
+                               f"{config.get('model_type')!r}): restore it from the original checkpoint")
+    weights = _weight_files(folder)
+    if not weights:
+        raise HarnessError(f"{folder} holds no weights (*.safetensors or *.bin): pass a folder saved with "
+                           "save_pretrained(), not only its config")
+    for path in weights:
+        if path.suffix == ".safetensors":
+            check_safetensors(path)
+        else:
+            check_pickled_weights(path)
+
+
+def check_local(model: str, trust_remote_code: bool = False) -> Path | None:
+    """The checkpoint folder if `model` is local, None if it is a hub id; a broken local checkpoint is an error."""
     local = Path(os.path.expanduser(model))
     if local.exists():
         if not (local / "config.json").is_file():
             raise HarnessError(f"{model} has no config.json: pass a folder saved with save_pretrained()")
+        check_checkpoint(local, trust_remote_code)
         return local
     if _looks_like_path(model):
         raise HarnessError(f"no checkpoint at {model}: check the path, or pass a hub id such as gpt2")
     return None
 
 
-def resolve(model: str) -> ModelRef:
+def resolve(model: str, trust_remote_code: bool = False) -> ModelRef:
     """A local folder is used as it is; anything else is tried as a hub id (downloaded once to the hub cache)."""
-    folder = check_local(model) or _download(model)
+    folder = check_local(model, trust_remote_code)
+    if folder is None:
+        folder = _download(model)
+        check_checkpoint(folder, trust_remote_code)
     return ModelRef(path=folder, name=display_name(model, folder), identity=model_identity(folder))

@@ -6,6 +6,7 @@ them through the generation cache, score every prediction, aggregate -> write re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -27,6 +28,7 @@ from harness.errors import HarnessError
 from harness.models import check_local
 from harness.registry import LM_EVAL_PREFIX, expand, get_task
 from harness.task import ChoicePrediction, Doc, EvalContext, SampleScores, Task, TaskResult
+from harness.validation import check_eval_config, check_sampling
 
 
 @dataclass
@@ -62,14 +64,21 @@ def sampling_for(task: Task, config: EvalConfig) -> SamplingSettings:
     assert task.sampling is not None
     changes = dict(config.gen_kwargs)
     if "do_sample" in changes:  # the transformers spelling of greedy decoding
-        if not changes.pop("do_sample"):
+        do_sample = changes.pop("do_sample")
+        if not isinstance(do_sample, bool):
+            raise HarnessError(f"--gen-kwargs do_sample must be true or false, not {do_sample!r}")
+        if not do_sample:
             changes["temperature"] = 0.0
     unknown = sorted(set(changes) - _SAMPLING_FIELDS)
     if unknown:
         raise HarnessError(f"unknown --gen-kwargs key {unknown[0]!r}: use {', '.join(sorted(_SAMPLING_FIELDS))}")
     if isinstance(changes.get("stop"), str):
         changes["stop"] = (changes["stop"],)
-    return task.sampling.replace(**changes)
+    elif isinstance(changes.get("stop"), list):
+        changes["stop"] = tuple(changes["stop"])
+    settings = task.sampling.replace(**changes)
+    check_sampling(settings)
+    return settings
 
 
 def seeds_for(task: Task, config: EvalConfig, sampling: SamplingSettings) -> tuple[int, ...]:
@@ -244,9 +253,7 @@ def write_result(folder: Path, task: Task, result: TaskResult, backend, name: st
     }
     if config.training:
         record["training"] = config.training
-    store.write_jsonl(folder / "samples.jsonl", result.samples)
-    store.write_json(folder / "results.json", record)  # last: its presence means the task finished
-    return folder / "results.json"
+    return store.write_results(folder, record, result.samples, config.overwrite)
 
 
 # ----- the pipeline ----------------------------------------------------------------------------------------------
@@ -261,9 +268,10 @@ def open_backend(model: str, config: EvalConfig):
 
 def evaluate(config: EvalConfig) -> list[Path]:
     """Run every task of `config` on its model; returns the paths of the written results.json files."""
+    check_eval_config(config)
     for checkpoint in (config.model, config.teacher):
         if checkpoint:
-            check_local(checkpoint)  # a mistyped path fails before any data loads
+            check_local(checkpoint, config.trust_remote_code)  # a broken checkpoint fails before any data loads
     planned = plan(config)
     model = config.model
     if model is None:
@@ -277,16 +285,18 @@ def evaluate(config: EvalConfig) -> list[Path]:
     name = config.name or backend.name
     cache = store.GenerationCache(root / ".cache" / "generations.sqlite")
     folders = [store.task_dir(root, name, task.name) for task, _ in planned]
-    for folder in folders:  # before any work, so a name clash costs nothing
-        store.check_owner(folder, backend.identity, config.overwrite)
     written = []
     try:
-        for (task, docs), folder in zip(planned, folders):
-            if task.evaluate is not None:
-                result = task.evaluate(EvalContext(backend, docs, config, teacher))
-            else:
-                result = score_task(task, docs, backend, cache, config)
-            written.append(write_result(folder, task, result, backend, name, config))
+        with contextlib.ExitStack() as held:
+            for folder in dict.fromkeys(folders):  # before any work: a name clash or a concurrent run costs nothing
+                held.callback(store.FolderLock(folder).close)
+                store.check_owner(folder, backend.identity, config.overwrite)
+            for (task, docs), folder in zip(planned, folders):
+                if task.evaluate is not None:
+                    result = task.evaluate(EvalContext(backend, docs, config, teacher))
+                else:
+                    result = score_task(task, docs, backend, cache, config)
+                written.append(write_result(folder, task, result, backend, name, config))
     finally:
         cache.close()
         backend.close()

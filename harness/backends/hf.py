@@ -139,7 +139,7 @@ class HFBackend(Backend):
         max_length: int | None = None,
         trust_remote_code: bool = False,
     ):
-        ref = resolve(model)
+        ref = resolve(model, trust_remote_code)
         self.name, self.identity, self.path = ref.name, ref.identity, ref.path
         self.device = pick_device(device)
         self.model, self.tokenizer = load_model_and_tokenizer(

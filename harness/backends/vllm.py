@@ -138,7 +138,7 @@ class VLLMBackend(Backend):
                 "vLLM's offline engine runs one data-parallel replica per process: use tensor_parallel_size, "
                 "or run one harness process per replica with CUDA_VISIBLE_DEVICES"
             )
-        ref = resolve(model)
+        ref = resolve(model, trust_remote_code)
         self.name, self.identity = ref.name, ref.identity
         options: dict[str, Any] = {"dtype": dtype, "seed": seed, **engine_kwargs}
         for key, value in (
