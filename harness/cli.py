@@ -21,11 +21,21 @@ EPILOG_EVAL = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line with the way to the full help, instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (run `{self.prog} --help` for the options)\n")
+
+
 def _csv_ints(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        values = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer, e.g. 10,20,30")
+    return values
 
 
 def parse_gen_kwargs(text: str) -> dict:
@@ -135,8 +145,10 @@ def cmd_tiny(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from harness.reports import write_leaderboard
     from harness.reports.analysis_plots import register_length_baseline
+    from harness.validation import check_writable_folder
 
     root = Path(args.output_dir)
+    check_writable_folder(root, "--output-dir")  # the leaderboard is written there
     if not root.is_dir():
         raise HarnessError(f"no results under {root}: run `harness eval` first or pass --output-dir")
     if args.baseline:
@@ -185,7 +197,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="harness",
         description="Evaluate and distil language models on the protocols of MiniLLM, PICL, PPT, CUGE, TRAPO, CROPI.",
     )

@@ -9,9 +9,20 @@ from harness.errors import HarnessError
 from harness.task import Doc, Task
 
 
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text; any other encoding is an error naming the line that breaks."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise HarnessError(f"{path}:{line} is not UTF-8 text (byte {error.start}): convert the file to UTF-8, "
+                           "e.g. with iconv") from None
+
+
 def read_rows(path: Path) -> list[Doc]:
     """Rows of a .jsonl file (one object per line) or a .json file (a list, or an object holding one)."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix == ".jsonl":
         rows = []
         for number, line in enumerate(text.splitlines(), start=1):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from harness.data import read_text
 from harness.errors import HarnessError
 
 IGNORE_INDEX = -100
@@ -29,7 +30,7 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise HarnessError(f"no data file at {path}: check data_dir and the file name settings")
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

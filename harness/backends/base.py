@@ -9,6 +9,7 @@ depend on which other requests share its batch.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,8 +60,30 @@ class LoglikelihoodResult:
     is_greedy: bool  # every continuation token was the argmax at its position
 
 
+_TOKEN_CHARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def keep_tail(text: str, max_tokens: int, tokenizer: Any) -> str:
+    """The end of `text` that still holds its last `max_tokens` tokens, cut before tokenising so that memory stays
+    bounded whatever a data file holds (a 50 MB prompt drove a fast tokenizer to 10 GB). No token spans more
+    characters than the longest vocabulary entry, so twice `max_tokens` such spans leave the last `max_tokens`
+    tokens as the whole text would give them; only text the model could never see is dropped."""
+    if tokenizer not in _TOKEN_CHARS:
+        _TOKEN_CHARS[tokenizer] = max(len(token) for token in tokenizer.get_vocab())
+    budget = 2 * max(max_tokens, 1) * _TOKEN_CHARS[tokenizer] + 64
+    return text if len(text) <= budget else text[-budget:]
+
+
+def prompt_token_limit(settings: SamplingSettings, context_length: int) -> int:
+    """Prompt tokens kept: `max_prompt_tokens`, and room left for the new tokens in the context (at least one)."""
+    room = context_length - settings.max_new_tokens
+    limit = min(settings.max_prompt_tokens, room) if settings.max_prompt_tokens else room
+    return max(limit, 1)
+
+
 def split_requests(
-    tokenizer: Any, requests: Sequence[tuple[str, str]], move_whitespace: bool = True
+    tokenizer: Any, requests: Sequence[tuple[str, str]], move_whitespace: bool = True,
+    max_tokens: int | None = None,
 ) -> list[tuple[list[int], list[int]]]:
     """(context ids, continuation ids) per request, split as lm-eval does: trailing context whitespace belongs to
     the continuation, the continuation's tokens are what encoding the whole string adds after the context's, an
@@ -68,9 +91,11 @@ def split_requests(
     string spans the boundary, the continuation is encoded on its own instead. One tokenizer call per list
     (one encoding per distinct context): per-string calls cost as much as a tiny model's forward pass.
     `move_whitespace=False` keeps the context whole: the teacher-forced loss of a response given its prompt must not
-    charge the response for the prompt's final newline, a token the model was never trained to predict."""
+    charge the response for the prompt's final newline, a token the model was never trained to predict.
+    With `max_tokens` (the model's context length), contexts are first cut with `keep_tail`."""
     moved = []
     for context, continuation in requests:
+        context = keep_tail(context, max_tokens, tokenizer) if max_tokens else context
         spaces = len(context) - len(context.rstrip()) if move_whitespace else 0
         moved.append((context[:-spaces], context[-spaces:] + continuation) if spaces else (context, continuation))
 

@@ -22,6 +22,8 @@ from harness.backends.base import (
     LoglikelihoodResult,
     SamplingSettings,
     cut_at_stop,
+    keep_tail,
+    prompt_token_limit,
     split_requests,
 )
 from harness.errors import HarnessError
@@ -165,11 +167,8 @@ class HFBackend(Backend):
         return results  # type: ignore[return-value]
 
     def _encode_prompt(self, request: GenerationRequest) -> list[int]:
-        tokens = self.tokenizer(request.prompt)["input_ids"]
-        limit = request.settings.max_prompt_tokens
-        room = self.max_length - request.settings.max_new_tokens
-        limit = min(limit, room) if limit else room
-        return tokens[-limit:] if limit > 0 else tokens[-1:]
+        limit = prompt_token_limit(request.settings, self.max_length)
+        return self.tokenizer(keep_tail(request.prompt, limit, self.tokenizer))["input_ids"][-limit:]
 
     def _new_row(self, index: int, request: GenerationRequest, tokens: list[int]) -> _Row:
         settings = request.settings
@@ -277,7 +276,7 @@ class HFBackend(Backend):
         results: list = [([], True)] * len(requests)
         groups: dict[tuple[int, ...], list[_Scored]] = {}
         for index, (context_tokens, continuation_tokens) in enumerate(
-            split_requests(self.tokenizer, requests, move_whitespace)
+            split_requests(self.tokenizer, requests, move_whitespace, self.max_length)
         ):
             # Keep the right end when too long; the last token is only ever a target, never an input.
             sequence = (context_tokens + continuation_tokens)[-(self.max_length + 1) :]

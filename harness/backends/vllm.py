@@ -51,6 +51,8 @@ from harness.backends.base import (
     LoglikelihoodResult,
     SamplingSettings,
     cut_at_stop,
+    keep_tail,
+    prompt_token_limit,
     split_requests,
 )
 from harness.errors import HarnessError
@@ -171,14 +173,10 @@ class VLLMBackend(Backend):
     def _prompt_ids(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
         """Prompt ids, cut from the left to `max_prompt_tokens` and to leave room for the new tokens."""
         # One batched call: the fast tokenizer spreads it over threads.
-        encoded = self.tokenizer([r.prompt for r in requests])["input_ids"]
-        kept = []
-        for ids, request in zip(encoded, requests, strict=True):
-            settings = request.settings
-            room = self.max_model_len - settings.max_new_tokens
-            limit = min(settings.max_prompt_tokens, room) if settings.max_prompt_tokens else room
-            kept.append(ids[-limit:] if limit > 0 else ids[-1:])
-        return kept
+        limits = [prompt_token_limit(r.settings, self.max_model_len) for r in requests]
+        prompts = [keep_tail(r.prompt, limit, self.tokenizer) for r, limit in zip(requests, limits, strict=True)]
+        encoded = self.tokenizer(prompts)["input_ids"]
+        return [ids[-limit:] for ids, limit in zip(encoded, limits, strict=True)]
 
     @staticmethod
     def _sampling_params(request: GenerationRequest) -> SamplingParams:
@@ -230,7 +228,8 @@ class VLLMBackend(Backend):
         """(log-prob, was-argmax) of each continuation token, for every (context, continuation)."""
         if not requests:
             return []
-        scored = [self._scored_ids(*pair) for pair in split_requests(self.tokenizer, requests, move_whitespace)]
+        scored = [self._scored_ids(*pair) for pair in split_requests(self.tokenizer, requests, move_whitespace,
+                                                                 self.max_model_len)]
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids, _ in scored]
         # prompt_logprobs=0 still reports the prompt token itself, with its rank (rank 1 = argmax).
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
