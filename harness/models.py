@@ -155,8 +155,9 @@ def check_checkpoint(folder: Path, trust_remote_code: bool = False) -> None:
     tokenizer_config = folder / "tokenizer_config.json"
     declares_code = "auto_map" in config or (tokenizer_config.is_file() and "auto_map" in _read_json(tokenizer_config))
     if declares_code and not trust_remote_code:
-        raise HarnessError(f"{folder} declares its own Python code (auto_map): pass --trust-remote-code (or "
-                           "trust_remote_code=true) only if you trust its source")
+        raise HarnessError(f"{folder} declares its own Python code (auto_map), which runs only when asked: pass "
+                           "--trust-remote-code to `harness eval` if you trust its source (training loads built-in "
+                           "architectures only)")
     if not declares_code:
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 

@@ -9,8 +9,8 @@ results. Each message names the flag and its allowed range.
 from __future__ import annotations
 
 import math
-import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,11 @@ def check_writable_folder(path: str | Path, flag: str) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise HarnessError(f"{flag} {path} is not a folder ({probe} is a file): pass a folder path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise HarnessError(f"{flag} {path} is not writable ({probe}): pass a folder you may write to")
+    try:  # trying is the only test that holds for root and for read-only mounts alike
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError:
+        raise HarnessError(f"{flag} {path} is not writable ({probe}): pass a folder you may write to") from None
 
 
 def check_eval_config(config: Any) -> None:

@@ -41,3 +41,57 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "README.md").is_file():
         pytest.skip(f"real evaluation data not found at {SHARED_DATA} (set HARNESS_DATA_DIR)")
     return SHARED_DATA
+
+
+# ----- broken and unsafe checkpoints, written from a good one ----------------------------------------------------
+
+PLANTED = "planted-code-ran"
+
+
+class Planted:
+    """Unpickling this object runs `open(path, "w")`: proof that a loader executed code it should have refused."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def copy_checkpoint(source: Path, folder: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, folder)
+    return folder
+
+
+def broken_checkpoint(source: Path, folder: Path, kind: str) -> Path:
+    """A copy of the checkpoint `source` damaged one way: config-only, truncated, random, pickled, custom-code,
+    bad-config. A pickled checkpoint's weights run code when unpickled unsafely; the file they would create is
+    `folder / PLANTED`."""
+    import json
+    import pickle
+
+    folder = copy_checkpoint(source, folder)
+    weights = folder / "model.safetensors"
+    if kind == "config-only":
+        for path in folder.iterdir():
+            if path.name != "config.json":
+                path.unlink()
+    elif kind == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif kind == "random":
+        weights.write_bytes(os.urandom(4096))
+    elif kind == "pickled":
+        weights.unlink()
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"weight": Planted(folder / PLANTED)}, protocol=2))
+    elif kind == "custom-code":
+        config = json.loads((folder / "config.json").read_text())
+        config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "modeling_evil.py").write_text(f"open({str(folder / PLANTED)!r}, 'w')\n")
+    elif kind == "bad-config":
+        (folder / "config.json").write_text('{"model_type": "llama", ')
+    else:
+        raise ValueError(kind)
+    return folder

@@ -120,3 +120,39 @@ def test_kill_9_then_rerun_finishes_without_redoing_work(random_model, data_dir,
         return json.loads((folder / "results.json").read_text())["metrics"], samples
 
     assert outcome(killed) == outcome(clean)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "--samples", "many"], "argument --samples: invalid int value: 'many'"),
+    (["eval", "--seeds", ","], "argument --seeds: expected at least one integer"),
+    (["eval", "--backend", "tgi"], "argument --backend: invalid choice"),
+    (["evaluate"], "argument COMMAND: invalid choice"),
+])
+def test_usage_errors_are_one_line_with_the_help_hint(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err and "usage:" not in err
+    assert err.startswith("error: ") and message in err and "--help` for the options" in err
+
+
+@pytest.mark.parametrize("where", ["file", "unwritable"])
+def test_report_and_eval_refuse_an_output_dir_they_cannot_write(where, tmp_path, capsys, random_model):
+    if where == "file":
+        output = tmp_path / "runs"
+        output.write_text("")
+    else:
+        output = Path("/proc/harness-runs")  # not writable, even for root
+    for args in (["report"], ["eval", "--model", str(random_model), "--tasks", "synth"]):
+        assert main([*args, "--output-dir", str(output)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and ("is not a folder" if where == "file" else "is not writable") in err
+
+
+def test_a_data_file_that_is_not_utf8_names_file_and_line(data_dir, random_model, tmp_path, capsys):
+    bad = data_dir / "dolly" / "valid.jsonl"
+    bad.write_bytes(bad.read_bytes() + '{"instruction": "caf\u00e9"}\n'.encode("latin-1"))
+    assert main(["eval", "--model", str(random_model), "--tasks", "dolly", "--data-dir", str(data_dir),
+                 "--output-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{bad}:13 is not UTF-8" in err and "\n" not in err

@@ -139,3 +139,118 @@ def test_bad_inputs_fail_before_any_work(data_dir, tmp_path, backends):
 def test_missing_data_names_the_file_and_the_fix(tmp_path, backends):
     with pytest.raises(HarnessError, match=r"dolly/valid.jsonl.*--data-dir"):
         run(tmp_path / "nowhere", tmp_path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"gen_kwargs": {"temperature": -1}}, "temperature must be a number in"),
+    ({"gen_kwargs": {"top_p": 2.5}}, r"top_p must be a number in \(0, 1\]"),
+    ({"gen_kwargs": {"top_k": -3}}, "top_k must be a whole number >= 0"),
+    ({"gen_kwargs": {"max_new_tokens": 0}}, "max_new_tokens must be a whole number >= 1"),
+    ({"gen_kwargs": {"max_new_tokens": 1.5}}, "max_new_tokens must be a whole number"),
+    ({"gen_kwargs": {"do_sample": "yes"}}, "do_sample must be true or false"),
+    ({"gen_kwargs": {"stop": [""]}}, "stop must be a non-empty string"),
+    ({"samples": 0}, "--samples must be a whole number >= 1"),
+    ({"batch_size": 0}, "--batch-size must be a whole number >= 1"),
+    ({"limit": -1}, "--limit must be a whole number >= 1"),
+    ({"seeds": ()}, "--seeds must list at least one seed"),
+    ({"seeds": (10, 20, 10)}, "repeats a seed"),
+    ({"device": "gpu0"}, "--device must be"),
+    ({"dtype": "float8"}, "--dtype must be one of"),
+    ({"backend": "tgi"}, "--backend must be one of"),
+    ({"name": "../elsewhere"}, "--name '../elsewhere' must be one plain folder name"),
+    ({"name": "/tmp/abs"}, "must be one plain folder name"),
+    ({"backend_options": {"gpu_memory_utilization": 1.5}}, "--gpu-memory-utilization must be a number in"),
+])
+def test_every_setting_is_checked_before_the_model_loads(changes, message, data_dir, tmp_path, backends):
+    [path] = run(data_dir, tmp_path)
+    before = path.read_text()
+    with pytest.raises(HarnessError, match=message):
+        run(data_dir, tmp_path, **changes)
+    assert path.read_text() == before and len(backends) == 1
+
+
+def test_yaml_values_of_the_wrong_type_are_refused(tmp_path):
+    from harness.cli import build_parser, eval_config_from_args
+
+    for text, message in [("batch_size: many\n", "batch_size must be a whole number"),
+                          ("limit: 1.5\n", "limit must be a whole number"),
+                          ("progress: 3\n", "progress must be true or false"),
+                          ("seeds: [1, x]\n", r"seeds\[1\] must be a whole number"),
+                          ("gen_kwargs: 3\n", "gen_kwargs must be a mapping")]:
+        (tmp_path / "eval.yaml").write_text(text)
+        args = build_parser().parse_args(["eval", "--config", str(tmp_path / "eval.yaml")])
+        with pytest.raises(HarnessError, match=message):
+            eval_config_from_args(args)
+
+
+def test_an_output_dir_that_is_a_file_fails_before_the_model_loads(data_dir, tmp_path, backends):
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(HarnessError, match="--output-dir .* is not a folder"):
+        run(data_dir, tmp_path)
+    assert not backends
+
+
+def test_a_result_folder_in_use_by_another_run_is_refused(data_dir, tmp_path, backends):
+    from harness import store
+
+    held = store.FolderLock(tmp_path / "runs" / "scripted" / "dolly")
+    with pytest.raises(HarnessError, match="being written by another run"):
+        run(data_dir, tmp_path)
+    held.close()
+    assert run(data_dir, tmp_path)
+
+
+def test_samples_of_other_weights_are_never_replaced(data_dir, tmp_path, backends):
+    [path] = run(data_dir, tmp_path)
+    path.unlink()  # as if killed after samples.jsonl was written
+    samples = (path.parent / "samples.jsonl").read_text()
+    with pytest.raises(HarnessError, match="--name"):
+        run(data_dir, tmp_path, model="m2")
+    assert (path.parent / "samples.jsonl").read_text() == samples
+
+
+def test_ownership_is_checked_again_when_writing(data_dir, tmp_path, monkeypatch):
+    """A writer that takes no lock (an older harness) stores other weights' results while this run works."""
+    folder = tmp_path / "runs" / "scripted" / "dolly"
+
+    class Interleaved(ScriptedBackend):
+        def generate(self, requests, progress=True):
+            (folder / "results.json").write_text(json.dumps({"model_identity": "weights-of-other"}))
+            return super().generate(requests, progress)
+
+    monkeypatch.setattr(runner, "load", lambda model, backend="hf", **options: Interleaved(model))
+    with pytest.raises(HarnessError, match="other weights"):
+        run(data_dir, tmp_path)
+    assert json.loads((folder / "results.json").read_text()) == {"model_identity": "weights-of-other"}
+    assert not (folder / "samples.jsonl").exists()
+
+
+def _cache(tmp_path):
+    return tmp_path / "runs" / ".cache" / "generations.sqlite"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_cache_is_set_aside_and_recomputed(damage, data_dir, tmp_path, backends, capsys):
+    first = json.loads(run(data_dir, tmp_path)[0].read_text())["metrics"]
+    cache = _cache(tmp_path)
+    if damage == "garbage":
+        cache.write_bytes(b"\x00garbage" * 1000)
+    else:
+        cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    capsys.readouterr()
+    again = json.loads(run(data_dir, tmp_path)[0].read_text())["metrics"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "damaged" in line]
+    assert len(warnings) == 1 and "moved it to generations.sqlite.damaged-" in warnings[0]
+    assert again == first and backends[1].generated == 15
+    assert list(cache.parent.glob("generations.sqlite.damaged-*"))
+
+
+def test_one_unreadable_cache_row_is_dropped_and_regenerated(data_dir, tmp_path, backends, capsys):
+    import sqlite3
+
+    first = json.loads(run(data_dir, tmp_path)[0].read_text())["metrics"]
+    with sqlite3.connect(_cache(tmp_path)) as connection:
+        connection.execute("UPDATE generations SET value = '{broken' WHERE rowid = 1")
+    again = json.loads(run(data_dir, tmp_path)[0].read_text())["metrics"]
+    assert again == first and backends[1].generated == 1
+    assert "1 unreadable row(s)" in capsys.readouterr().err

@@ -15,13 +15,20 @@ the recipe.
 
 `batch_size` is the number of sequences per optimizer step over all processes (the papers' batch size); each
 process runs `batch_size / num_processes` sequences in forward passes of at most `micro_batch_size`.
+
+Safety of a run's folder: before anything is loaded or written, the output folder is checked (not a file, not a
+model checkpoint, and when resuming, trained with the same settings except those in `MAY_CHANGE_ON_RESUME`);
+resumed state is read with torch's safe unpickler only, so a planted pickle cannot run code; a non-finite loss
+or gradient stops the run at that step, before the optimizer applies it, so every saved checkpoint stays good.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
+import pickle
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -51,6 +58,11 @@ from harness.trainers.loading import decay_groups, load_model, load_tokenizer, m
 
 _PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 _SCHEDULES = ("cosine", "linear", "constant")
+# Settings a resumed run may change: they decide how long the run goes, how often it evaluates and saves, and how
+# a step is split into forward passes, not what has been trained so far. A longer max_steps/epochs stretches the
+# learning-rate schedule from the resumed step on. Any other difference is an error.
+MAY_CHANGE_ON_RESUME = ("max_steps", "epochs", "eval_every", "save_every", "eval_batch_size", "max_eval_samples",
+                        "micro_batch_size", "progress", "resume")
 
 
 @dataclass
@@ -115,11 +127,38 @@ class Trainer:
 
     # ---- the pipeline -------------------------------------------------------------------------------------
     def run(self) -> list[Path]:
+        self.check_output_dir()
         self.setup()
         start = self.restore()
         self.loop(start)
         self.accelerator.wait_for_everyone()
         return list(self.checkpoints)
+
+    def settings(self) -> dict:
+        return {"method": self.method, **to_dict(self.config)}
+
+    def check_output_dir(self) -> None:
+        """Refuse an output folder this run must not write into, before any model loads and any file is written."""
+        output = Path(self.config.output_dir)
+        if output.exists() and not output.is_dir():
+            raise HarnessError(f"output_dir={output} is a file: set output_dir to a folder")
+        if (output / "config.json").is_file():
+            raise HarnessError(f"output_dir={output} holds a model checkpoint (config.json): choose another folder")
+        found = ckpt.complete_checkpoints(output)
+        if not found:
+            return
+        if not self.config.resume:
+            raise HarnessError(f"{output} already holds checkpoints: set resume=true or choose another output_dir")
+        saved_file = found[-1] / "config.yaml"
+        saved = yaml.safe_load(saved_file.read_text()) if saved_file.is_file() else {}
+        current = self.settings()
+        for key, value in current.items():
+            if key in saved and saved[key] != value and key not in MAY_CHANGE_ON_RESUME:
+                raise HarnessError(
+                    f"{output} holds a run with {key}={saved[key]!r}, not {value!r}: resuming would mix the two; "
+                    f"set {key} back or choose another output_dir (settings that may change on resume: "
+                    f"{', '.join(MAY_CHANGE_ON_RESUME)})"
+                )
 
     def setup(self) -> None:
         from accelerate import Accelerator
@@ -254,8 +293,10 @@ class Trainer:
                 sums[name] += value * share
                 weights[name] += share
             tokens += int(batch["attention_mask"].sum())
+        norm = None
         if self.config.max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.stop_if_not_finite(step, objective, norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -263,6 +304,19 @@ class Trainer:
         means = self.mean_over_processes({"loss": objective, **means, **self.step_stats()})
         tokens_all = self.accelerator.reduce(torch.tensor(tokens, device=self.accelerator.device), "sum")
         return {**means, "tokens": float(tokens_all)}
+
+    def stop_if_not_finite(self, step: int, loss: float, grad_norm) -> None:
+        """Stop before the optimizer applies a NaN or inf, on every process at once (the check is all-reduced)."""
+        values = torch.tensor([loss, float(grad_norm) if grad_norm is not None else 0.0],
+                              device=self.accelerator.device)
+        values = self.accelerator.reduce(values, "sum")
+        if not all(math.isfinite(value) for value in values.tolist()):
+            kept = self.checkpoints[-1] if self.checkpoints else "none yet"
+            raise HarnessError(
+                f"training stopped at step {step}: the loss or gradient is not finite (loss {values[0].item():g}, "
+                f"gradient norm {values[1].item():g}); the last good checkpoint ({kept}) is kept: lower lr, use fp32 "
+                "or check the data"
+            )
 
     def step_stats(self) -> dict[str, float]:
         """Extra numbers to log with every step (e.g. the current rollout round's mean response length)."""
@@ -377,7 +431,7 @@ class Trainer:
         pass
 
     def write_config(self, folder: Path) -> None:
-        text = yaml.safe_dump({"method": self.method, **to_dict(self.config)}, sort_keys=False)
+        text = yaml.safe_dump(self.settings(), sort_keys=False)
         (folder / "config.yaml").write_text(text)
 
     def save(self, step: int) -> None:
@@ -397,12 +451,25 @@ class Trainer:
                 self.on_checkpoint(self.checkpoints[-1], step)
         state.wait_for_everyone()
 
+    def load_training_state(self, folder: Path) -> None:
+        """Optimizer, scheduler, RNG and method state, read with torch's safe unpickler only (accelerate loads with
+        `weights_only=True`; it skips an unreadable RNG file silently, so that one is checked here first)."""
+        from accelerate.utils.other import load as safe_load
+
+        index = self.accelerator.process_index
+        try:
+            safe_load(folder / f"random_states_{index}.pkl")
+            self.accelerator.load_state(str(folder))
+            self.load_extra_state(torch.load(folder / f"method_{index}.pt", weights_only=True))
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+            raise HarnessError(f"{folder} holds training state that safe loading refuses ({type(error).__name__}: "
+                               f"{str(error).splitlines()[0][:200]}): delete that checkpoint folder to resume from "
+                               "an earlier one, or choose another output_dir") from None
+
     def restore(self) -> int:
         """Start fresh, or load the last complete checkpoint; return the step it ended."""
         state, output = self.accelerator, Path(self.config.output_dir)
-        found = ckpt.complete_checkpoints(output)
-        if found and not self.config.resume:
-            raise HarnessError(f"{output} already holds checkpoints: set resume=true or choose another output_dir")
+        found = ckpt.complete_checkpoints(output)  # `check_output_dir` has compared their settings with ours
         if state.is_main_process:
             output.mkdir(parents=True, exist_ok=True)
             ckpt.remove_partial(output)
@@ -417,9 +484,7 @@ class Trainer:
         step = ckpt.checkpoint_step(last)
         if step > self.total_steps:
             raise HarnessError(f"{last} is past the {self.total_steps} steps configured: raise max_steps")
-        state.load_state(str(last / ckpt.TRAINING_STATE))
-        self.load_extra_state(torch.load(last / ckpt.TRAINING_STATE / f"method_{state.process_index}.pt",
-                                         weights_only=False))
+        self.load_training_state(last / ckpt.TRAINING_STATE)
         if state.is_main_process:
             ckpt.truncate_log(output / "log.jsonl", step)
         return step

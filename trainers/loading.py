@@ -15,7 +15,7 @@ def _from_pretrained(loader, path: str, **options):
     check_local(path)  # a local path that is missing or not a checkpoint
     try:
         return loader.from_pretrained(path, **options)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # missing files, an unknown architecture, custom code
         reason = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
         raise HarnessError(f"cannot load {path!r}: {reason}") from None
 

@@ -4,6 +4,11 @@ math-verify's own timeout uses SIGALRM, which only works in the main thread and 
 it sits in C code (a huge integer power, say). Here every item runs in a separate process that is SIGKILLed
 when it overruns, so a timeout holds from any thread and from inside multiprocessing workers (daemonic ones
 included: the workers are plain subprocesses, not multiprocessing children).
+
+Concurrent callers (threads scoring in parallel) each check out their own idle workers, up to the pool's size, and
+run at the same time; a caller that finds every worker busy waits for one, and that wait counts against its
+timeout, so `timeout` bounds the wall time of a one-pair call however many threads share the pool. Starting a
+worker (a fresh interpreter importing sympy) is not an item's time, as before.
 """
 
 from __future__ import annotations
@@ -84,17 +89,74 @@ class VerifierPool:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.workers: list[_Worker] = []
+        self.idle: list[_Worker] = []
+        self.alive = 0  # workers started and not closed: idle ones plus those checked out by callers
         self.owner = os.getpid()
-        self.lock = threading.Lock()
+        self.free = threading.Condition()
 
     def run(self, items: Sequence[list[tuple[str, str]]], timeout: float) -> list[bool]:
-        with self.lock:
-            while len(self.workers) < min(self.size, len(items)):
-                self.workers.append(_Worker())
-            return self._run_locked(items, timeout)
+        if not items:
+            return []
+        began = time.monotonic()
+        workers = self._check_out(min(self.size, len(items)), began + timeout)
+        budget = timeout - (time.monotonic() - began)  # what waiting for a busy pool left of the timeout
+        if not workers or budget <= 0:
+            self._check_in(workers)
+            return [False] * len(items)
+        try:
+            results = _Batch(workers).run(items, budget)
+        except BaseException:  # an interrupted batch may leave items in flight: never hand those workers on
+            self._discard(workers)
+            raise
+        self._check_in(workers)
+        return results
 
-    def _run_locked(self, items: Sequence[list[tuple[str, str]]], timeout: float) -> list[bool]:
+    def _check_out(self, wanted: int, deadline: float) -> list[_Worker]:
+        """Up to `wanted` workers for one caller: idle ones, then new ones while the pool is below its size;
+        when every worker is busy, wait for one until `deadline` (then none)."""
+        with self.free:
+            while True:
+                taken: list[_Worker | None] = list(self.idle[:wanted])
+                del self.idle[:wanted]
+                while len(taken) < wanted and self.alive < self.size:
+                    self.alive += 1
+                    taken.append(None)  # started below, outside the lock
+                if taken:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                self.free.wait(remaining)
+        return [worker if worker is not None else _Worker() for worker in taken]
+
+    def _check_in(self, workers: list[_Worker]) -> None:
+        with self.free:
+            if os.getpid() == self.owner:
+                self.idle.extend(workers)
+            self.free.notify_all()
+
+    def _discard(self, workers: list[_Worker]) -> None:
+        for worker in workers:
+            worker.close()
+        with self.free:
+            self.alive -= len(workers)
+            self.free.notify_all()
+
+    def close(self) -> None:
+        with self.free:
+            for worker in self.idle:
+                worker.close()
+            self.alive -= len(self.idle)
+            self.idle = []
+
+
+class _Batch:
+    """One caller's items on the workers it checked out; no state shared with other callers."""
+
+    def __init__(self, workers: list[_Worker]) -> None:
+        self.workers = workers  # replaced in place when one dies, so the caller returns live workers
+
+    def run(self, items: Sequence[list[tuple[str, str]]], timeout: float) -> list[bool]:
         results = [False] * len(items)
         todo = list(range(len(items) - 1, -1, -1))
         busy: dict[int, _Worker] = {}
@@ -153,11 +215,6 @@ class VerifierPool:
     def _replace(self, worker: _Worker) -> None:
         worker.close()
         self.workers[self.workers.index(worker)] = _Worker()
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.close()
-        self.workers = []
 
 
 _pool: VerifierPool | None = None
