@@ -60,9 +60,10 @@ _PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 _SCHEDULES = ("cosine", "linear", "constant")
 # Settings a resumed run may change: they decide how long the run goes, how often it evaluates and saves, and how
 # a step is split into forward passes, not what has been trained so far. A longer max_steps/epochs stretches the
-# learning-rate schedule from the resumed step on. Any other difference is an error.
+# learning-rate schedule from the resumed step on; output_dir changes when a run's folder is moved. Any other
+# difference is an error.
 MAY_CHANGE_ON_RESUME = ("max_steps", "epochs", "eval_every", "save_every", "eval_batch_size", "max_eval_samples",
-                        "micro_batch_size", "progress", "resume")
+                        "micro_batch_size", "progress", "resume", "output_dir")
 
 
 @dataclass
@@ -259,12 +260,15 @@ class Trainer:
             seconds = time.perf_counter() - began
             record.update(seconds=seconds, tokens_per_s=record.pop("tokens") / max(seconds, 1e-9))
             last = step == self.total_steps
+            saving = (config.save_every and step % config.save_every == 0) or last
+            if saving:
+                self.stop_if_not_finite(step, 0.0, self.weights_bad())
             if (config.eval_every and step % config.eval_every == 0) or last:
                 record.update(self.evaluate())
             self.log(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if (config.save_every and step % config.save_every == 0) or last:
+            if saving:
                 self.save(step)
         bar.close()
 
@@ -306,17 +310,24 @@ class Trainer:
         return {**means, "tokens": float(tokens_all)}
 
     def stop_if_not_finite(self, step: int, loss: float, grad_norm) -> None:
-        """Stop before the optimizer applies a NaN or inf, on every process at once (the check is all-reduced)."""
+        """Stop on a NaN or inf loss, gradient norm or (before a save) weight, on every process at once (the
+        check is all-reduced): before the optimizer applies it, and before a checkpoint could keep it."""
         values = torch.tensor([loss, float(grad_norm) if grad_norm is not None else 0.0],
                               device=self.accelerator.device)
-        values = self.accelerator.reduce(values, "sum")
-        if not all(math.isfinite(value) for value in values.tolist()):
+        loss, norm = self.accelerator.reduce(values, "sum").tolist()
+        if not (math.isfinite(loss) and math.isfinite(norm)):
             kept = self.checkpoints[-1] if self.checkpoints else "none yet"
             raise HarnessError(
-                f"training stopped at step {step}: the loss or gradient is not finite (loss {values[0].item():g}, "
-                f"gradient norm {values[1].item():g}); the last good checkpoint ({kept}) is kept: lower lr, use fp32 "
-                "or check the data"
+                f"training stopped at step {step}: the loss, gradient or weights are not finite (loss {loss:g}, "
+                f"gradient norm or bad weights {norm:g}); the last good checkpoint ({kept}) is kept: lower lr, use "
+                "fp32 or check the data"
             )
+
+    def weights_bad(self) -> float:
+        """How many of this process's parameter tensors hold a NaN or inf (local shards under FSDP2)."""
+        bad = sum(int(not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
+                  for p in self.model.parameters())
+        return float("inf") if bad else 0.0
 
     def step_stats(self) -> dict[str, float]:
         """Extra numbers to log with every step (e.g. the current rollout round's mean response length)."""

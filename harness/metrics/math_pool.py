@@ -43,6 +43,7 @@ class _Worker:
         self.fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
         self.buffer = b""
         self.child: int | None = None
+        self.announced = False  # its first child said `R`: the interpreter has started and imported sympy
         self.started = time.monotonic()
         self.item: int | None = None  # index into the current batch
         self.request_id = 0
@@ -99,23 +100,32 @@ class VerifierPool:
             return []
         began = time.monotonic()
         workers = self._check_out(min(self.size, len(items)), began + timeout)
-        budget = timeout - (time.monotonic() - began)  # what waiting for a busy pool left of the timeout
-        if not workers or budget <= 0:
-            self._check_in(workers)
+        if not workers:
             return [False] * len(items)
         try:
-            results = _Batch(workers).run(items, budget)
+            results = _Batch(workers).run(items, timeout, waited=time.monotonic() - began)
         except BaseException:  # an interrupted batch may leave items in flight: never hand those workers on
             self._discard(workers)
             raise
         self._check_in(workers)
         return results
 
+    def warm_up(self, count: int) -> None:
+        """Start `count` workers (at most the pool's size) and wait until each is ready to take an item."""
+        workers = self._check_out(min(count, self.size), time.monotonic() + _STARTUP_TIMEOUT_S)
+        try:
+            _Batch(workers).wait_ready()
+        except BaseException:
+            self._discard(workers)
+            raise
+        self._check_in(workers)
+
     def _check_out(self, wanted: int, deadline: float) -> list[_Worker]:
         """Up to `wanted` workers for one caller: idle ones, then new ones while the pool is below its size;
         when every worker is busy, wait for one until `deadline` (then none)."""
         with self.free:
             while True:
+                self.idle.sort(key=lambda worker: worker.child is None)  # ready ones first
                 taken: list[_Worker | None] = list(self.idle[:wanted])
                 del self.idle[:wanted]
                 while len(taken) < wanted and self.alive < self.size:
@@ -156,27 +166,45 @@ class _Batch:
     def __init__(self, workers: list[_Worker]) -> None:
         self.workers = workers  # replaced in place when one dies, so the caller returns live workers
 
-    def run(self, items: Sequence[list[tuple[str, str]]], timeout: float) -> list[bool]:
+    def run(self, items: Sequence[list[tuple[str, str]]], timeout: float, waited: float = 0.0) -> list[bool]:
+        """Each item gets `timeout` seconds, less the time the call stalled before sending it (nothing of the
+        call in flight: waiting for a busy pool, or for a worker to replace a child killed for overrunning; not
+        while a new worker starts)."""
         results = [False] * len(items)
         todo = list(range(len(items) - 1, -1, -1))
         busy: dict[int, _Worker] = {}
+        stalled = waited
         while todo or busy:
             for worker in self.workers:
                 if todo and worker.child is not None and worker.item is None:
                     item = todo.pop()
                     try:
-                        worker.send(item, items[item], timeout)
+                        worker.send(item, items[item], max(timeout - stalled, 1e-3))
                     except OSError:  # its process died between items: replace it, retry the item
                         todo.append(item)
                         self._replace(worker)
                         continue
                     busy[item] = worker
-            self._wait_and_collect(busy, results)
+                    stalled = 0.0
+            if todo and not busy and stalled >= timeout:
+                todo.pop()  # it waited its whole timeout for a worker: unequal, like an overrun
+                stalled = 0.0
+                continue
+            # a worker's start-up is not an item's time (the first calls would time out under load)
+            idle = todo and not busy and all(worker.announced for worker in self.workers)
+            began = time.monotonic()
+            self._wait_and_collect(busy, results, timeout - stalled if idle else None)
+            if idle:
+                stalled += time.monotonic() - began
         return results
 
-    def _wait_and_collect(self, busy: dict[int, _Worker], results: list[bool]) -> None:
+    def wait_ready(self) -> None:
+        while any(worker.child is None for worker in self.workers):
+            self._wait_and_collect({}, [], None)
+
+    def _wait_and_collect(self, busy: dict[int, _Worker], results: list[bool], limit: float | None) -> None:
         now = time.monotonic()
-        waits = [w.deadline - now for w in busy.values()]
+        waits = [w.deadline - now for w in busy.values()] + ([limit] if limit is not None else [])
         waits += [w.started + _STARTUP_TIMEOUT_S - now for w in self.workers if w.child is None]
         wait = max(0.0, min(waits, default=0.0))
         readable, _, _ = select.select([w.fd for w in self.workers], [], [], wait)
@@ -206,6 +234,7 @@ class _Batch:
                     busy.pop(worker.item, None)
                     worker.item = None
                 worker.child = int(tail)
+                worker.announced = True
             elif worker.item is not None and int(head) == worker.request_id:
                 results[worker.item] = tail == "1"
                 busy.pop(worker.item, None)

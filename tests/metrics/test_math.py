@@ -23,6 +23,7 @@ from harness.metrics.math import (
     math_reward,
 )
 from harness.metrics.math_normalise import normalise, parse_number
+from harness.metrics.math_pool import get_pool
 
 PAIRS: dict[str, list[tuple[str, str, bool]]] = {
     "integers_commas": [
@@ -447,3 +448,26 @@ def test_adversarial_inputs_time_out_in_a_daemonic_process() -> None:
     outcomes = queue.get(timeout=120)
     child.join(timeout=10)
     _assert_false_in_time(outcomes)
+
+
+def test_concurrent_callers_are_served_within_their_own_timeouts() -> None:
+    """Threads share the pool: each call returns within its timeout, waiting for a busy worker included."""
+    workers, timeout = 3, 1.0
+    # every worker is started first: a worker's start-up (a new interpreter importing sympy) is not an item's time
+    get_pool(workers).warm_up(workers)
+    outcomes: dict[str, tuple[bool, float]] = {}
+
+    def call(name: str, gold: str, prediction: str) -> None:
+        start = time.monotonic()
+        [verdict] = math_equal_many([(gold, prediction)], timeout=timeout, workers=workers)
+        outcomes[name] = (verdict, time.monotonic() - start)
+
+    threads = [threading.Thread(target=call, args=(f"slow{i}", "5", ADVERSARIAL[0])) for i in range(2 * workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(outcomes) == len(threads)
+    for name, (verdict, seconds) in outcomes.items():
+        assert verdict is False and seconds < timeout + 1.0, (name, seconds)
+    assert math_equal("x^2+2x+1", "(x+1)^2", timeout=5.0)  # every worker went back to the pool
