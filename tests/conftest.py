@@ -95,3 +95,21 @@ def broken_checkpoint(source: Path, folder: Path, kind: str) -> Path:
     else:
         raise ValueError(kind)
     return folder
+
+
+class TokenizerSpy:
+    """A backend's own tokenizer, recording the longest text it was asked to encode."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, texts, *args, **kwargs):
+        for text in [texts] if isinstance(texts, str) else texts:
+            self.longest = max(self.longest, len(text))
+        return self.tokenizer(texts, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+HUGE_PROMPT = "The number 7 plus 8 is 15. Sort these words: pear apple fig. " * 80_000  # 5 MB

@@ -121,3 +121,18 @@ def test_shared_context_scoring_equals_scoring_alone(backend):
             direct = sum(logprobs[i - 1, ids[i]].item() for i in range(n_context, len(ids)))
             assert shared.logprob == pytest.approx(direct, abs=1e-4)
     assert len({round(result.logprob, 3) for result in together}) > len(contexts)
+
+
+def test_a_huge_prompt_is_cut_before_tokenising_and_answers_as_its_tail(backend, monkeypatch):
+    from tests.conftest import HUGE_PROMPT, TokenizerSpy
+
+    settings = SamplingSettings(max_new_tokens=6)
+    tail = HUGE_PROMPT[-200_000:]  # far more than the 1024 tokens the model sees
+    expected = backend.generate([GenerationRequest(tail, settings)], progress=False)[0].text
+    expected_score = backend.loglikelihood([(tail, " pear")], progress=False)[0].logprob
+    spy = TokenizerSpy(backend.tokenizer)
+    monkeypatch.setattr(backend, "tokenizer", spy)
+    assert backend.generate([GenerationRequest(HUGE_PROMPT, settings)], progress=False)[0].text == expected
+    assert backend.loglikelihood([(HUGE_PROMPT, " pear")], progress=False)[0].logprob == pytest.approx(
+        expected_score, abs=1e-4)
+    assert spy.longest < 200_000
