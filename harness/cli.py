@@ -148,9 +148,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     from harness.validation import check_writable_folder
 
     root = Path(args.output_dir)
-    check_writable_folder(root, "--output-dir")  # the leaderboard is written there
-    if not root.is_dir():
+    if not root.exists():
         raise HarnessError(f"no results under {root}: run `harness eval` first or pass --output-dir")
+    check_writable_folder(root, "--output-dir")  # the leaderboard is written there
     if args.baseline:
         register_length_baseline(args.baseline)
     for path in write_leaderboard(root):

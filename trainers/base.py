@@ -19,7 +19,8 @@ process runs `batch_size / num_processes` sequences in forward passes of at most
 Safety of a run's folder: before anything is loaded or written, the output folder is checked (not a file, not a
 model checkpoint, and when resuming, trained with the same settings except those in `MAY_CHANGE_ON_RESUME`);
 resumed state is read with torch's safe unpickler only, so a planted pickle cannot run code; a non-finite loss
-or gradient stops the run at that step, before the optimizer applies it, so every saved checkpoint stays good.
+or gradient stops the run at that step before the optimizer applies it, and non-finite weights stop it before a
+save, so every checkpoint written stays good.
 """
 
 from __future__ import annotations
@@ -262,7 +263,7 @@ class Trainer:
             last = step == self.total_steps
             saving = (config.save_every and step % config.save_every == 0) or last
             if saving:
-                self.stop_if_not_finite(step, 0.0, self.weights_bad())
+                self.stop_if_not_finite(step, weights=self.weights_bad())
             if (config.eval_every and step % config.eval_every == 0) or last:
                 record.update(self.evaluate())
             self.log(record)
@@ -300,7 +301,7 @@ class Trainer:
         norm = None
         if self.config.max_grad_norm > 0:
             norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-        self.stop_if_not_finite(step, objective, norm)
+        self.stop_if_not_finite(step, loss=objective, gradient_norm=norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -309,25 +310,23 @@ class Trainer:
         tokens_all = self.accelerator.reduce(torch.tensor(tokens, device=self.accelerator.device), "sum")
         return {**means, "tokens": float(tokens_all)}
 
-    def stop_if_not_finite(self, step: int, loss: float, grad_norm) -> None:
-        """Stop on a NaN or inf loss, gradient norm or (before a save) weight, on every process at once (the
-        check is all-reduced): before the optimizer applies it, and before a checkpoint could keep it."""
-        values = torch.tensor([loss, float(grad_norm) if grad_norm is not None else 0.0],
-                              device=self.accelerator.device)
-        loss, norm = self.accelerator.reduce(values, "sum").tolist()
-        if not (math.isfinite(loss) and math.isfinite(norm)):
+    def stop_if_not_finite(self, step: int, **values: float | None) -> None:
+        """Stop when any named value (loss, gradient norm, count of bad weight tensors) is NaN or inf, on every
+        process at once (the values are all-reduced): before the optimizer applies it, before a save keeps it."""
+        names = [name for name, value in values.items() if value is not None]
+        summed = self.accelerator.reduce(torch.tensor([float(values[name]) for name in names],
+                                                      device=self.accelerator.device), "sum").tolist()
+        bad = [f"{name.replace('_', ' ')} {value:g}" for name, value in zip(names, summed) if not math.isfinite(value)]
+        if bad:
             kept = self.checkpoints[-1] if self.checkpoints else "none yet"
-            raise HarnessError(
-                f"training stopped at step {step}: the loss, gradient or weights are not finite (loss {loss:g}, "
-                f"gradient norm or bad weights {norm:g}); the last good checkpoint ({kept}) is kept: lower lr, use "
-                "fp32 or check the data"
-            )
+            raise HarnessError(f"training stopped at step {step}: {', '.join(bad)}; the last good checkpoint ({kept}) "
+                               "is kept: lower lr, use fp32 or check the data")
 
     def weights_bad(self) -> float:
-        """How many of this process's parameter tensors hold a NaN or inf (local shards under FSDP2)."""
-        bad = sum(int(not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
+        """inf when a parameter tensor of this process holds a NaN or inf (its local shard under FSDP2), else 0."""
+        bad = any(not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()
                   for p in self.model.parameters())
-        return float("inf") if bad else 0.0
+        return math.inf if bad else 0.0
 
     def step_stats(self) -> dict[str, float]:
         """Extra numbers to log with every step (e.g. the current rollout round's mean response length)."""
@@ -481,6 +480,9 @@ class Trainer:
         """Start fresh, or load the last complete checkpoint; return the step it ended."""
         state, output = self.accelerator, Path(self.config.output_dir)
         found = ckpt.complete_checkpoints(output)  # `check_output_dir` has compared their settings with ours
+        step = ckpt.checkpoint_step(found[-1]) if found else 0
+        if step > self.total_steps:
+            raise HarnessError(f"{found[-1]} is past the {self.total_steps} steps configured: raise max_steps")
         if state.is_main_process:
             output.mkdir(parents=True, exist_ok=True)
             ckpt.remove_partial(output)
@@ -492,9 +494,6 @@ class Trainer:
                 (output / "log.jsonl").unlink(missing_ok=True)
             return 0
         last = found[-1]
-        step = ckpt.checkpoint_step(last)
-        if step > self.total_steps:
-            raise HarnessError(f"{last} is past the {self.total_steps} steps configured: raise max_steps")
         self.load_training_state(last / ckpt.TRAINING_STATE)
         if state.is_main_process:
             ckpt.truncate_log(output / "log.jsonl", step)
