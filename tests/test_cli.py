@@ -142,7 +142,7 @@ def test_report_and_eval_refuse_an_output_dir_they_cannot_write(where, tmp_path,
         output = tmp_path / "runs"
         output.write_text("")
     else:
-        output = Path("/proc/harness-runs")  # not writable, even for root
+        output = Path("/proc")  # not writable, even for root
     for args in (["report"], ["eval", "--model", str(random_model), "--tasks", "synth"]):
         assert main([*args, "--output-dir", str(output)]) == 2
         err = capsys.readouterr().err.strip()
