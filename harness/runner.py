@@ -159,11 +159,12 @@ def answer_cached(backend, keys: list[str], compute: Callable[[list[int]], list[
     """The answer to each request key: what the cache holds is served, the rest is computed chunk by chunk
     (`compute(indices)`) and each chunk committed in one transaction, so `kill -9` loses at most one chunk."""
     answers = cache.get_many(keys)
-    missing = [i for i, key in enumerate(keys) if key not in answers]
+    first = {key: i for i, key in reversed(list(enumerate(keys)))}  # a repeated request is answered once
+    missing = [i for i, key in enumerate(keys) if key not in answers and first[key] == i]
     if answers and missing and progress:
-        print(f"{desc}: resuming, {len(answers)} of {len(keys)} {unit}s found in the cache", file=sys.stderr)
+        print(f"{desc}: resuming, {len(answers)} of {len(first)} {unit}s found in the cache", file=sys.stderr)
     chunk = getattr(backend, "chunk_size", 256)
-    with tqdm(total=len(keys), initial=len(keys) - len(missing), desc=desc, unit=unit, disable=not progress) as bar:
+    with tqdm(total=len(first), initial=len(first) - len(missing), desc=desc, unit=unit, disable=not progress) as bar:
         for start in range(0, len(missing), chunk):
             part = missing[start : start + chunk]
             new = {keys[i]: answer for i, answer in zip(part, compute(part))}

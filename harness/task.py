@@ -68,7 +68,8 @@ class ChoicePrediction:
 
     @property
     def text(self) -> str:
-        return self.options[self.chosen]
+        """The chosen option without the whitespace that joins it to the context (" Positive\n" -> "Positive")."""
+        return self.options[self.chosen].strip()
 
 
 Sampler = Callable[[list[Doc], int, int, Callable[[Doc], Any]], list[int]]
