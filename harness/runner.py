@@ -137,12 +137,21 @@ def resolve_task(name: str, data_dir: str | None) -> Task:
 
 
 def plan_task(task: Task, config: EvalConfig, data_dir: str | None) -> Planned:
-    docs = load_docs(task, data_dir, config.limit)
     shots = num_shots(task, config)
+    loaders = [lambda: load_docs(task, data_dir, config.limit)] + ([lambda: load_pool(task, data_dir)] if shots else [])
+    loaded, missing = [], []
+    for loader in loaders:  # the test set and the pool, so that both are named when both are missing
+        try:
+            loaded.append(loader())
+        except MissingData as error:
+            missing += error.files
+    if missing:
+        raise MissingData(missing, f"task {task.name} needs {', '.join(missing)}")
+    docs = loaded[0]
     if shots == 0:
         return Planned(task, docs)
     assert task.fewshot is not None
-    pool = load_pool(task, data_dir)
+    pool = loaded[1]
     seeds = seeds_for(task, config, sampling_for(task, config) if task.sampling else None)
     try:
         demonstrations = {seed: task.fewshot.draw(pool, shots, seed) for seed in seeds}
