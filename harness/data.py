@@ -70,7 +70,7 @@ def _from_hub(source: DataSource, what: str) -> list[Doc]:
             dataset = datasets.load_dataset(source.hub_id, source.hub_config, split=source.split)
     except Exception as error:  # network, auth and schema failures all end the same way for the user
         raise MissingData(
-            [source.local_file],
+            [f"{source.local_file} (hub dataset {source.hub_id}: {type(error).__name__})"],
             f"{what} needs {source.local_file}: pass --data-dir DIR (a folder holding {source.local_file}) or set "
             f"HARNESS_DATA_DIR; loading hub dataset {source.hub_id} failed ({type(error).__name__})",
         ) from None
