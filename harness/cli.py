@@ -18,6 +18,7 @@ EPILOG_EVAL = """examples:
   harness eval --model ./ckpt --tasks instruct --data-dir ../shared/data
   harness eval --model Qwen/Qwen2.5-0.5B --tasks dolly --backend vllm --limit 50
   harness eval --model ./ckpt --tasks dolly --seeds 10 --gen-kwargs temperature=0,max_new_tokens=128
+  harness eval --model ./ckpt --tasks icl_cls --data-dir ../shared/data --num-fewshot 8
 """
 
 
@@ -60,6 +61,8 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add("--output-dir", help="results root (default: runs)")
     add("--name", help="results folder and leaderboard name for the model (default: from its path)")
     add("--seeds", type=_csv_ints, help="sampling seeds, e.g. 10,20,30 (default: the task's)")
+    add("--num-fewshot", type=int, metavar="K", help="demonstrations per prompt for few-shot tasks (0 = zero-shot; "
+        "default: the task's, 4 for the ICL suites); every seed draws its own")
     add("--samples", type=int, help="samples per prompt, e.g. 32 for avg@32 (default: the task's)")
     add("--limit", type=int, help="evaluate only the first N rows of each task")
     add("--gen-kwargs", type=parse_gen_kwargs, help="decoding overrides: temperature, top_p, top_k, "

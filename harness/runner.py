@@ -1,7 +1,8 @@
 """`evaluate(config)`: the pipeline behind `harness eval`, as named stages.
 
-plan (tasks and data, checked before any model loads) -> open the backend -> per task: build requests, answer
-them through the generation cache, score every prediction, aggregate -> write results atomically.
+plan (tasks, data and each seed's demonstrations, checked before any model loads) -> open the backend -> per task:
+build requests, answer them through the cache (generations and option log-likelihoods alike), score every
+prediction, aggregate -> write results atomically.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from harness import store
 from harness.backends import GenerationRequest, SamplingSettings, load
 from harness.config import to_dict
-from harness.data import load_docs
+from harness.data import MissingData, load_docs, load_pool
 from harness.errors import HarnessError
 from harness.models import check_local
 from harness.registry import LM_EVAL_PREFIX, expand, get_task
@@ -42,6 +43,7 @@ class EvalConfig:
     output_dir: str = "runs"
     name: str | None = None  # results folder / leaderboard row name; default from the model path
     seeds: tuple[int, ...] | None = None  # override the task's seeds
+    num_fewshot: int | None = None  # demonstrations per prompt of few-shot tasks (0 = zero-shot; default: the task's)
     samples: int | None = None  # override the number of samples per prompt (seeds base, base+1, ...)
     limit: int | None = None  # first N rows of each task
     gen_kwargs: dict[str, Any] = field(default_factory=dict)  # SamplingSettings fields to override
@@ -81,69 +83,154 @@ def sampling_for(task: Task, config: EvalConfig) -> SamplingSettings:
     return settings
 
 
-def seeds_for(task: Task, config: EvalConfig, sampling: SamplingSettings) -> tuple[int, ...]:
+def seeds_for(task: Task, config: EvalConfig, sampling: SamplingSettings | None) -> tuple[int, ...]:
+    """The seeds a task is evaluated with. Greedy decoding and option scoring give every seed the same answer,
+    unless the seed picks the demonstrations: then every seed is its own evaluation."""
     seeds = config.seeds or task.seeds
     if config.samples:
         seeds = tuple(seeds[0] + i for i in range(config.samples))
-    return seeds[:1] if sampling.greedy else seeds  # greedy decoding gives every seed the same answer
+    if num_shots(task, config) > 0:
+        return seeds
+    return seeds if sampling is not None and not sampling.greedy else seeds[:1]
+
+
+def num_shots(task: Task, config: EvalConfig) -> int:
+    if task.fewshot is None:
+        return 0
+    return task.fewshot.k if config.num_fewshot is None else config.num_fewshot
 
 
 # ----- stage 1: plan ---------------------------------------------------------------------------------------------
 
 
-def plan(config: EvalConfig) -> list[tuple[Task, list[Doc]]]:
-    data_dir = config.data_dir or os.environ.get("HARNESS_DATA_DIR")
-    names = expand(config.tasks, with_teacher=config.teacher is not None)
-    planned = []
-    for name in names:
-        if name.startswith(LM_EVAL_PREFIX):
-            from harness.lm_eval_bridge import lm_eval_task
+@dataclass
+class Planned:
+    """A task ready to run: its test documents and, for few-shot tasks, the pool and each seed's demonstrations
+    (pool indices in prompt order)."""
 
-            task = lm_eval_task(name[len(LM_EVAL_PREFIX) :], data_dir)
-        else:
-            task = get_task(name)
+    task: Task
+    docs: list[Doc]
+    pool: list[Doc] = field(default_factory=list)
+    demonstrations: dict[int, list[int]] = field(default_factory=dict)
+
+
+def plan(config: EvalConfig) -> list[Planned]:
+    """Every task with its data, checked before any model loads; all missing data files are named at once."""
+    data_dir = config.data_dir or os.environ.get("HARNESS_DATA_DIR")
+    if config.num_fewshot is not None and config.num_fewshot < 0:
+        raise HarnessError(f"--num-fewshot {config.num_fewshot} is negative: pass 0 for zero-shot or a positive k")
+    names = expand(config.tasks, with_teacher=config.teacher is not None)
+    planned, missing = [], []
+    for name in names:
+        task = resolve_task(name, data_dir)
         if task.needs_teacher and config.teacher is None:
             raise HarnessError(f"task {name} compares the model with a teacher: pass --teacher CKPT")
         if task.sampling is not None:
             sampling_for(task, config)  # a bad --gen-kwargs fails here, before the model loads
-        planned.append((task, load_docs(task, data_dir, config.limit)))
+        try:
+            planned.append(plan_task(task, config, data_dir))
+        except MissingData as error:
+            missing += [file for file in error.files if file not in missing]
+    if missing:
+        raise HarnessError(f"data files not found: {', '.join(missing)}; pass --data-dir DIR (a folder laid out "
+                           "like shared/data) or set HARNESS_DATA_DIR, or leave those tasks out of --tasks")
     return planned
+
+
+def resolve_task(name: str, data_dir: str | None) -> Task:
+    if name.startswith(LM_EVAL_PREFIX):
+        from harness.lm_eval_bridge import lm_eval_task
+
+        return lm_eval_task(name[len(LM_EVAL_PREFIX) :], data_dir)
+    return get_task(name)
+
+
+def plan_task(task: Task, config: EvalConfig, data_dir: str | None) -> Planned:
+    shots = num_shots(task, config)
+    loaders = [lambda: load_docs(task, data_dir, config.limit)] + ([lambda: load_pool(task, data_dir)] if shots else [])
+    loaded, missing = [], []
+    for loader in loaders:  # the test set and the pool, so that both are named when both are missing
+        try:
+            loaded.append(loader())
+        except MissingData as error:
+            missing += error.files
+    if missing:
+        raise MissingData(missing, f"task {task.name} needs {', '.join(missing)}")
+    docs = loaded[0]
+    if shots == 0:
+        return Planned(task, docs)
+    assert task.fewshot is not None
+    pool = loaded[1]
+    seeds = seeds_for(task, config, sampling_for(task, config) if task.sampling else None)
+    try:
+        demonstrations = {seed: task.fewshot.draw(pool, shots, seed) for seed in seeds}
+    except HarnessError as error:
+        raise HarnessError(f"task {task.name}: {error}") from None
+    return Planned(task, docs, pool, demonstrations)
 
 
 # ----- stage 2: ask the model ------------------------------------------------------------------------------------
 
 
-def generate_cached(backend, requests: list[GenerationRequest], cache: store.GenerationCache, progress: bool,
-                    desc: str) -> list[dict]:
-    """Answer `requests`, serving what the cache holds and committing new answers chunk by chunk."""
-    keys = [store.request_key(backend.identity, dataclasses.asdict(request)) for request in requests]
+def answer_cached(backend, keys: list[str], compute: Callable[[list[int]], list[dict]], cache: store.GenerationCache,
+                  progress: bool, desc: str, unit: str) -> list[dict]:
+    """The answer to each request key: what the cache holds is served, the rest is computed chunk by chunk
+    (`compute(indices)`) and each chunk committed in one transaction, so `kill -9` loses at most one chunk."""
     answers = cache.get_many(keys)
-    missing = [i for i, key in enumerate(keys) if key not in answers]
+    first = {key: i for i, key in reversed(list(enumerate(keys)))}  # a repeated request is answered once
+    missing = [i for i, key in enumerate(keys) if key not in answers and first[key] == i]
     if answers and missing and progress:
-        print(f"{desc}: resuming, {len(answers)} of {len(keys)} generations found in the cache", file=sys.stderr)
+        print(f"{desc}: resuming, {len(answers)} of {len(first)} {unit}s found in the cache", file=sys.stderr)
     chunk = getattr(backend, "chunk_size", 256)
-    with tqdm(total=len(requests), initial=len(requests) - len(missing), desc=desc, unit="gen",
-              disable=not progress) as bar:
+    with tqdm(total=len(first), initial=len(first) - len(missing), desc=desc, unit=unit, disable=not progress) as bar:
         for start in range(0, len(missing), chunk):
             part = missing[start : start + chunk]
-            completions = backend.generate([requests[i] for i in part], progress=False)
-            new = {keys[i]: dataclasses.asdict(c) for i, c in zip(part, completions)}
+            new = {keys[i]: answer for i, answer in zip(part, compute(part))}
             cache.put_many(new)
             answers.update(new)
             bar.update(len(part))
     return [answers[key] for key in keys]
 
 
-def model_prompt(task: Task, doc: Doc, backend, config: EvalConfig) -> str:
-    """The prompt as the model sees it: a generation task's prompt goes into the chat template when asked."""
-    prompt = task.prompt(doc)
-    return backend.chat_prompt(prompt) if config.chat_template and task.choices is None else prompt
+def generate_cached(backend, requests: list[GenerationRequest], cache: store.GenerationCache, progress: bool,
+                    desc: str) -> list[dict]:
+    """Answer `requests`, serving what the cache holds and committing new answers chunk by chunk."""
+    keys = [store.request_key(backend.identity, dataclasses.asdict(request)) for request in requests]
+
+    def compute(part: list[int]) -> list[dict]:
+        return [dataclasses.asdict(c) for c in backend.generate([requests[i] for i in part], progress=False)]
+
+    return answer_cached(backend, keys, compute, cache, progress, desc, unit="generation")
 
 
-def run_generation(task: Task, prompts: list[str], backend, cache, config: EvalConfig) -> tuple[list, list]:
+def loglikelihood_cached(backend, pairs: list[tuple[str, str]], cache: store.GenerationCache, progress: bool,
+                         desc: str) -> list[dict]:
+    """`backend.loglikelihood` through the same cache: keyed by the weights and the exact (context,
+    continuation), committed chunk by chunk."""
+    keys = [store.request_key(backend.identity, {"loglikelihood": list(pair)}) for pair in pairs]
+
+    def compute(part: list[int]) -> list[dict]:
+        return [dataclasses.asdict(r) for r in backend.loglikelihood([pairs[i] for i in part], progress=False)]
+
+    return answer_cached(backend, keys, compute, cache, progress, desc, unit="option")
+
+
+def seed_prompts(item: Planned, seeds: tuple[int, ...]) -> list[list[str]]:
+    """Per document, the task's prompt under each seed's demonstrations (the same prompt for every seed of a
+    zero-shot task)."""
+    task = item.task
+    shown = [[item.pool[i] for i in item.demonstrations.get(seed, [])] for seed in seeds]
+    return [[task.fewshot_prompt(doc, demos) for demos in shown] for doc in item.docs]
+
+
+
+
+def run_generation(task: Task, prompts: list[list[str]], seeds: tuple[int, ...], backend, cache,
+                   config: EvalConfig) -> tuple[list, list]:
+    """Per document and seed, the postprocessed completion of that seed's prompt and its length in tokens."""
     sampling = sampling_for(task, config)
-    seeds = seeds_for(task, config, sampling)
-    requests = [GenerationRequest(prompt, sampling, seed) for prompt in prompts for seed in seeds]
+    requests = [GenerationRequest(prompt, sampling, seed)
+                for doc_prompts in prompts for prompt, seed in zip(doc_prompts, seeds)]
     answers = generate_cached(backend, requests, cache, config.progress, desc=task.name)
     per_doc = [answers[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(prompts))]
     predictions = [[task.postprocess(answer["text"]) for answer in doc_answers] for doc_answers in per_doc]
@@ -151,12 +238,16 @@ def run_generation(task: Task, prompts: list[str], backend, cache, config: EvalC
     return predictions, lengths
 
 
-def run_choices(task: Task, docs: list[Doc], backend, config: EvalConfig) -> list[list[ChoicePrediction]]:
+def run_choices(task: Task, docs: list[Doc], prompts: list[list[str]], backend, cache,
+                config: EvalConfig) -> list[list[ChoicePrediction]]:
+    """Per document and seed, every option scored by its summed log-prob after that seed's prompt."""
     assert task.choices is not None
-    options = [task.choices(doc) for doc in docs]
-    pairs = [(task.prompt(doc), option) for doc, opts in zip(docs, options) for option in opts]
-    results = iter(backend.loglikelihood(pairs, progress=config.progress))
-    return [[ChoicePrediction([next(results).logprob for _ in opts])] for opts in options]
+    options = [tuple(task.choices(doc)) for doc in docs]
+    pairs = [(prompt, option) for doc_prompts, opts in zip(prompts, options) for prompt in doc_prompts
+             for option in opts]
+    results = iter(loglikelihood_cached(backend, pairs, cache, config.progress, desc=task.name))
+    return [[ChoicePrediction([next(results)["logprob"] for _ in opts], opts, prompt) for prompt in doc_prompts]
+            for doc_prompts, opts in zip(prompts, options)]
 
 
 def reference_losses(task: Task, docs: list[Doc], backend, config: EvalConfig) -> list[float]:
@@ -164,6 +255,31 @@ def reference_losses(task: Task, docs: list[Doc], backend, config: EvalConfig) -
     pairs = [(task.prompt(doc), task.references(doc)[0]) for doc in docs]
     token_logprobs = backend.token_logprobs(pairs, progress=config.progress, move_whitespace=False)
     return [-sum(lps) / len(lps) if lps else 0.0 for lps in token_logprobs]
+
+
+def predict(item: Planned, seeds: tuple[int, ...], backend, cache, config: EvalConfig) -> tuple[list, list, list]:
+    """Per document and seed, the prompt as the model saw it, the prediction (a ChoicePrediction for documents
+    with options, else the generated text) and, for generated ones, its length. A task may mix both (S-NI's yes/no
+    tasks among generation tasks). Generation prompts go into the chat template when asked."""
+    task, docs = item.task, item.docs
+    is_choice = [bool(task.choices and task.choices(doc)) for doc in docs]
+    prompts = [[backend.chat_prompt(p) if config.chat_template and not flag else p for p in doc_prompts]
+               for doc_prompts, flag in zip(seed_prompts(item, seeds), is_choice)]
+    predictions: list[list[Any]] = [[] for _ in docs]
+    lengths: list[list[float] | None] = [None for _ in docs]
+    choice_ids = [i for i, flag in enumerate(is_choice) if flag]
+    generation_ids = [i for i, flag in enumerate(is_choice) if not flag]
+    if choice_ids:
+        chosen = run_choices(task, [docs[i] for i in choice_ids], [prompts[i] for i in choice_ids], backend, cache,
+                             config)
+        for i, doc_predictions in zip(choice_ids, chosen):
+            predictions[i] = doc_predictions
+    if generation_ids:
+        generated, generated_lengths = run_generation(task, [prompts[i] for i in generation_ids], seeds, backend,
+                                                      cache, config)
+        for i, texts, doc_lengths in zip(generation_ids, generated, generated_lengths):
+            predictions[i], lengths[i] = texts, doc_lengths
+    return prompts, predictions, lengths
 
 
 # ----- stage 3: score and aggregate ------------------------------------------------------------------------------
@@ -176,23 +292,30 @@ def score_predictions(task: Task, docs: list[Doc], predictions: list[list[Any]])
     return [[next(flat) for _ in doc_predictions] for doc_predictions in predictions]
 
 
-def annotations(annotate: Callable[[Doc, Any], dict[str, Any]], doc: Doc,
-                doc_predictions: list[Any]) -> dict[str, list[Any]]:
-    """A task's non-score fields, one list per field with one entry per prediction (like `scores`)."""
+def annotations(task: Task, doc: Doc, doc_predictions: list[Any], prompts: list[str]) -> dict[str, list[Any]]:
+    """Non-score fields, one list per field with one entry per prediction (like `scores`): for options, the exact
+    scored context and every option's log-prob; for few-shot generation, each seed's prompt; then the task's own."""
     found: dict[str, list[Any]] = {}
-    for prediction in doc_predictions:
-        for name, value in annotate(doc, prediction).items():
+
+    def add(fields: dict[str, Any]) -> None:
+        for name, value in fields.items():
             found.setdefault(name, []).append(value)
+
+    for prediction, prompt in zip(doc_predictions, prompts):
+        if isinstance(prediction, ChoicePrediction):
+            add({"prompt": prediction.prompt, "option_logprobs": prediction.logprobs})
+        elif task.fewshot is not None:
+            add({"prompt": prompt})
+        if task.annotate:
+            add(task.annotate(doc, prediction))
     return found
 
 
-def score_task(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) -> TaskResult:
-    prompts = [model_prompt(task, doc, backend, config) for doc in docs]
-    if task.choices is not None:
-        predictions: list[list[Any]] = run_choices(task, docs, backend, config)
-        lengths = None
-    else:
-        predictions, lengths = run_generation(task, prompts, backend, cache, config)
+def score_task(item: Planned, backend, cache, config: EvalConfig) -> TaskResult:
+    task, docs = item.task, item.docs
+    sampling = sampling_for(task, config) if task.sampling is not None else None
+    seeds = seeds_for(task, config, sampling)
+    prompts, predictions, lengths = predict(item, seeds, backend, cache, config)
     losses = reference_losses(task, docs, backend, config) if task.reference_loss else None
     scored = score_predictions(task, docs, predictions)
     samples = []
@@ -201,22 +324,27 @@ def score_task(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) 
         for prediction_scores in scored[doc_id]:
             for name, value in prediction_scores.items():
                 doc_scores.setdefault(name, []).append(float(value))
-        if lengths is not None:
+        if lengths[doc_id] is not None:
             doc_scores["gen_length"] = lengths[doc_id]
         if losses is not None:
             doc_scores["reference_loss"] = [losses[doc_id]]
+        found = annotations(task, doc, doc_predictions, prompts[doc_id])
         samples.append({
             "doc_id": doc_id,
-            "prompt": prompts[doc_id],
+            **({"group": task.group(doc)} if task.group else {}),
+            "prompt": prompts[doc_id][0],
             "references": task.references(doc),
-            "predictions": [p if isinstance(p, str) else dataclasses.asdict(p) for p in doc_predictions],
+            "predictions": [p.text if isinstance(p, ChoicePrediction) else p for p in doc_predictions],
             "scores": doc_scores,
-            **({"annotations": annotations(task.annotate, doc, doc_predictions)} if task.annotate else {}),
+            **({"annotations": found} if found else {}),
         })
     metrics: dict[str, float] = {}
     for metric in task.metrics:
         metrics.update(metric(samples))
-    return TaskResult(samples=samples, metrics=metrics)
+    details = task.details(samples) if task.details else {}
+    if item.demonstrations:
+        details["demonstrations"] = {str(seed): indices for seed, indices in item.demonstrations.items()}
+    return TaskResult(samples=samples, metrics=metrics, details=details)
 
 
 # ----- stage 4: write --------------------------------------------------------------------------------------------
@@ -284,19 +412,19 @@ def evaluate(config: EvalConfig) -> list[Path]:
     teacher = open_backend(config.teacher, config) if config.teacher else None
     name = config.name or backend.name
     cache = store.GenerationCache(root / ".cache" / "generations.sqlite")
-    folders = [store.task_dir(root, name, task.name) for task, _ in planned]
+    folders = [store.task_dir(root, name, item.task.name) for item in planned]
     written = []
     try:
         with contextlib.ExitStack() as held:
             for folder in dict.fromkeys(folders):  # before any work: a name clash or a concurrent run costs nothing
                 held.callback(store.FolderLock(folder).close)
                 store.check_owner(folder, backend.identity, config.overwrite)
-            for (task, docs), folder in zip(planned, folders):
-                if task.evaluate is not None:
-                    result = task.evaluate(EvalContext(backend, docs, config, teacher))
+            for item, folder in zip(planned, folders):
+                if item.task.evaluate is not None:
+                    result = item.task.evaluate(EvalContext(backend, item.docs, config, teacher))
                 else:
-                    result = score_task(task, docs, backend, cache, config)
-                written.append(write_result(folder, task, result, backend, name, config))
+                    result = score_task(item, backend, cache, config)
+                written.append(write_result(folder, item.task, result, backend, name, config))
     finally:
         cache.close()
         backend.close()

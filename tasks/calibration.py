@@ -7,14 +7,14 @@ scored by its log-likelihood after the prompt, the prediction is the likeliest w
 probability renormalised over the label words. Metrics: accuracy (x100), ECE with 10 equal-mass bins (`ece`, the
 main metric; lower is better), 10 equal-width bins (`ece_equal_width`) and one bin (`ece_1bin`), all in [0, 1].
 Data: the GLUE SST-2 and SuperGLUE BoolQ validation splits (their test labels are hidden) from the hub ids
-`glue`/`sst2` and `super_glue`/`boolq`, or `sst2/validation.jsonl` / `boolq/validation.jsonl` in a local folder with
-the same fields (`sentence`, `label`; `question`, `passage`, `label`).
+`glue`/`sst2` and `super_glue`/`boolq`, or in a local folder laid out like shared/data: `sst2/stsa.binary.dev`
+(`<label> <sentence>` lines, the same 872 sentences) and `boolq/val.jsonl` (`question`, `passage`, `label` as
+"true"/"false").
 Differences from the paper: its instruction wording is not released; ours is below.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -23,11 +23,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from harness.data import read_rows
+from harness.data import read_label_lines, read_rows
 from harness.metrics.calibration import ece, reliability_bins
 from harness.registry import register_task
 from harness.store import atomic_write
-from harness.task import ChoicePrediction, DataSource, Doc, EvalContext, Task, TaskResult
+from harness.task import ChoicePrediction, DataSource, Doc, Task
 from harness.tasks.synth import tiny_data
 from harness.tiny_data import alpaca_prompt
 
@@ -37,7 +37,7 @@ N_BINS = 10
 
 
 def _label(doc: Doc, words: list[str]) -> int:
-    label = doc["label"]
+    label = {"false": 0, "true": 1}.get(doc["label"], doc["label"])  # BoolQ's label strings in shared/data
     if not isinstance(label, int) or not 0 <= label < len(words):
         raise ValueError(f"label {label!r} is not one of 0..{len(words) - 1} (test splits hide labels)")
     return label
@@ -86,32 +86,17 @@ def calibration_metrics(samples: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def evaluate_calibration(task: Task, ctx: EvalContext) -> TaskResult:
-    """Score the label words on any backend, then keep the reliability bins for the report's diagram."""
-    assert task.choices is not None
-    options = [task.choices(doc) for doc in ctx.docs]
-    pairs = [(task.prompt(doc), word) for doc, words in zip(ctx.docs, options) for word in words]
-    results = iter(ctx.backend.loglikelihood(pairs, progress=ctx.settings.progress))
-    samples = []
-    for doc_id, (doc, words) in enumerate(zip(ctx.docs, options)):
-        prediction = ChoicePrediction([next(results).logprob for _ in words])
-        scores = task.scorer(doc, prediction)
-        samples.append({"doc_id": doc_id, "prompt": task.prompt(doc), "references": task.references(doc),
-                        "predictions": [words[prediction.chosen]], "label_logprobs": prediction.logprobs,
-                        "scores": {name: [value] for name, value in scores.items()}})
-    metrics: dict[str, float] = {}
-    for metric in task.metrics:
-        metrics.update(metric(samples))
+def reliability_details(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reliability bins of both binnings, for the report's diagram."""
     confidence = [s["scores"]["confidence"][0] for s in samples]
     correct = [s["scores"]["acc"][0] for s in samples]
-    details = {"reliability": {binning: [b.as_dict() for b in reliability_bins(confidence, correct, N_BINS, binning)]
-                               for binning in ("equal_width", "equal_mass")}}
-    return TaskResult(samples=samples, metrics=metrics, details=details)
+    return {"reliability": {binning: [b.as_dict() for b in reliability_bins(confidence, correct, N_BINS, binning)]
+                            for binning in ("equal_width", "equal_mass")}}
 
 
 def calibration_task(name: str, data: DataSource, prompt, words, description: str) -> Task:
     """One zero-shot classification task; `words(doc)` gives the label words in label order."""
-    task = Task(
+    return Task(
         name=name,
         description=description,
         data=data,
@@ -122,8 +107,8 @@ def calibration_task(name: str, data: DataSource, prompt, words, description: st
         main_metric="ece",
         higher_is_better=False,
         choices=words,
+        details=reliability_details,
     )
-    return dataclasses.replace(task, evaluate=partial(evaluate_calibration, task))
 
 
 def write_classification_subset(synth_folder: Path, out_root: Path) -> Path:
@@ -146,14 +131,15 @@ def synth_classification_data() -> Path:
 
 @register_task("calibration_sst2", suites=("calibration",))
 def calibration_sst2() -> Task:
-    data = DataSource(local_file="sst2/validation.jsonl", hub_id="glue", hub_config="sst2", split="validation")
+    data = DataSource(local_file="sst2/stsa.binary.dev", reader=read_label_lines, hub_id="glue", hub_config="sst2",
+                      split="validation")
     return calibration_task("calibration_sst2", data, sst2_prompt, lambda doc: SST2_WORDS,
                             "SST-2 validation, zero-shot sentiment: accuracy and ECE (MiniLLM calibration)")
 
 
 @register_task("calibration_boolq", suites=("calibration",))
 def calibration_boolq() -> Task:
-    data = DataSource(local_file="boolq/validation.jsonl", hub_id="super_glue", hub_config="boolq",
+    data = DataSource(local_file="boolq/val.jsonl", hub_id="super_glue", hub_config="boolq",
                       split="validation")
     return calibration_task("calibration_boolq", data, boolq_prompt, lambda doc: BOOLQ_WORDS,
                             "BoolQ validation, zero-shot yes/no: accuracy and ECE (MiniLLM calibration)")

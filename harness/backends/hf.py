@@ -8,9 +8,12 @@ finished rows leave the batch (their KV-cache rows are dropped) instead of being
 
 from __future__ import annotations
 
+import copy as copy_module
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -28,6 +31,12 @@ from harness.backends.base import (
 )
 from harness.errors import HarnessError
 from harness.models import resolve
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
+
+# Fewer shared tokens than this are cheaper to recompute than to copy (a cache copy per batch row).
+MIN_SHARED_PREFIX = 16
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -151,6 +160,7 @@ class HFBackend(Backend):
         self.chunk_size = 4 * batch_size  # requests per cache commit: what an interruption can cost
         self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", 2048)
         self.eos_token_id = self.tokenizer.eos_token_id
+        self._kept_prefix: tuple[tuple[int, ...], DynamicCache | None] = ((), None)
 
     # ----- generation -----------------------------------------------------------------------------------------
 
@@ -252,10 +262,11 @@ class HFBackend(Backend):
     # ----- scoring ----------------------------------------------------------------------------------------------
 
     def _batches(self, groups: dict[tuple[int, ...], list[_Scored]]) -> Iterator[list[tuple[tuple[int, ...], list]]]:
-        """Batches of at most `batch_size` scored rows, longest contexts first, a context's rows kept together
-        (a context with more rows than a batch holds is split, and then computed once per piece)."""
+        """Batches of at most `batch_size` scored rows, contexts in token order so that contexts sharing a prefix
+        (one seed's demonstrations) share batches, a context's rows kept together (a context with more rows than
+        a batch holds is split, and then computed once per piece)."""
         pieces = [(context, members[start : start + self.batch_size])
-                  for context, members in sorted(groups.items(), key=lambda group: -len(group[0]))
+                  for context, members in sorted(groups.items())
                   for start in range(0, len(members), self.batch_size)]
         batch: list[tuple[tuple[int, ...], list[_Scored]]] = []
         for piece in pieces:
@@ -270,10 +281,11 @@ class HFBackend(Backend):
     def _score(
         self, requests: Sequence[tuple[str, str]], progress: bool, move_whitespace: bool = True
     ) -> list[tuple[list[float], bool]]:
-        """Token log-probs of every continuation. Requests that share their context tokens (the options of a
-        multiple-choice question) share one forward pass over the context: its KV cache is copied to each
-        option's row and only the continuations are run on top of it."""
+        """Token log-probs of every continuation, in three shared stages: the token prefix that every context of a
+        batch shares (few-shot demonstrations) runs once and is kept for the next batch; each context's remaining
+        tokens run on copies of its KV cache; each option's tokens run on copies of its context's cache."""
         results: list = [([], True)] * len(requests)
+        self._kept_prefix = ((), None)
         groups: dict[tuple[int, ...], list[_Scored]] = {}
         for index, (context_tokens, continuation_tokens) in enumerate(
             split_requests(self.tokenizer, requests, move_whitespace, self.max_length)
@@ -296,14 +308,16 @@ class HFBackend(Backend):
         # Shapes and indices are built on the host: each value read back from a GPU would stall its queue.
         pad, device = self.tokenizer.pad_token_id, self.device
         lengths = [len(context) for context, _ in batch]
+        shared, prefix_cache = self._shared_prefix([context for context, _ in batch])
         width = max(lengths)
         # Right padding needs no attention mask here: causal attention never lets a real token see the pads.
-        context_ids = torch.tensor([list(c) + [pad] * (width - len(c)) for c, _ in batch], device=device)
+        context_ids = torch.tensor([list(c[shared:]) + [pad] * (width - len(c)) for c, _ in batch], device=device)
         # Only the contexts' last positions need logits: the LM head over every position would cost more than
         # the layers for vocabularies of 100k+ tokens.
-        ends = sorted({length - 1 for length in lengths})
-        where = [ends.index(length - 1) for length in lengths]
-        out = self.model(input_ids=context_ids, use_cache=True, logits_to_keep=torch.tensor(ends, device=device))
+        ends = sorted({length - 1 - shared for length in lengths})
+        where = [ends.index(length - 1 - shared) for length in lengths]
+        out = self.model(input_ids=context_ids, past_key_values=prefix_cache, use_cache=True,
+                         logits_to_keep=torch.tensor(ends, device=device))
         last = out.logits[torch.arange(len(batch), device=device), torch.tensor(where, device=device)]  # (G, V)
         owners = [g for g, (_, group) in enumerate(batch) for _ in group]
         targets = [member.targets for _, group in batch for member in group]
@@ -319,6 +333,27 @@ class HFBackend(Backend):
         valid = torch.tensor([[j < len(t) for j in range(longest)] for t in targets], device=device)
         greedy = ((logprobs.argmax(-1) == target_ids) | ~valid).all(-1)
         return [(row[: len(t)], bool(g)) for row, t, g in zip(picked.tolist(), targets, greedy.tolist())]
+
+    def _shared_prefix(self, contexts: list[tuple[int, ...]]) -> tuple[int, DynamicCache | None]:
+        """How many leading tokens every context of the batch shares, and their KV cache copied to every row (None
+        when they share fewer than `MIN_SHARED_PREFIX`). Each context keeps at least its last token, whose logits
+        predict the first option token. The last prefix computed is kept for the rest of the `_score` call, so one
+        seed's demonstrations run once (never across calls: the weights may change between them)."""
+        shortest = min(len(context) for context in contexts)
+        shared = min(len(os.path.commonprefix(contexts)), shortest - 1)  # commonprefix compares any sequences
+        if shared < MIN_SHARED_PREFIX or len(contexts) == 1:
+            return 0, None
+        kept_tokens, kept_cache = self._kept_prefix
+        # Reuse the kept prefix when it covers most of what this batch shares (the same demonstrations).
+        if not (len(kept_tokens) <= shared < 2 * len(kept_tokens) and contexts[0][: len(kept_tokens)] == kept_tokens):
+            kept_tokens = contexts[0][:shared]
+            out = self.model(input_ids=torch.tensor([kept_tokens], device=self.device), use_cache=True,
+                             logits_to_keep=1)
+            kept_cache = out.past_key_values
+            self._kept_prefix = (kept_tokens, kept_cache)
+        copy = copy_module.deepcopy(kept_cache)
+        copy.batch_repeat_interleave(len(contexts))
+        return len(kept_tokens), copy
 
     def _continue(self, cache, owners: list[int], starts: list[int], width: int,
                   inputs: torch.Tensor) -> torch.Tensor:

@@ -82,6 +82,27 @@ def test_loglikelihood_equals_lm_eval_hflm(backend, random_model):
     assert token_sums == pytest.approx([r.logprob for r in ours], abs=1e-5)
 
 
+def test_shared_demonstrations_equal_lm_eval_hflm(backend, random_model):
+    """Few-shot requests: two seeds' demonstrations, each shared by several documents, each with two options. The
+    shared prefix runs once per seed and is reused across batches; every value must still equal HFLM's."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    demonstrations = ["The number 3 plus 4 is 7. Label: Yes\nSort these words: pear apple fig. Label: No\n",
+                      "The number 12 plus 13 is 25. Label: Yes\nThe number 5 plus 6 is 12. Label: No\n"]
+    documents = ["The number 1 plus 2 is 3. Label:", "Sort these words: fig. Label:", "The number 9 plus 1 is",
+                 "pear apple fig pear apple fig pear. Label:", "The number 30 plus 31 is 61. Label:"]
+    pairs = [(demos + doc, option) for demos in demonstrations for doc in documents for option in (" Yes\n", " No")]
+    peer = HFLM(pretrained=str(random_model), batch_size=4, device="cpu", dtype="float32")
+    expected = peer.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)])
+    for batch_size in (3, 8):  # batches that split a seed's documents, and batches that hold several
+        backend.batch_size = batch_size
+        for (logprob, greedy), result in zip(expected, backend.loglikelihood(pairs, progress=False)):
+            assert result.logprob == pytest.approx(logprob, abs=1e-4)
+            assert result.is_greedy == greedy
+    assert len(backend.tokenizer(demonstrations[0]).input_ids) > 16  # long enough to be shared
+
+
 def test_loglikelihood_is_a_direct_computation(backend):
     context, continuation = "The number 3 plus", " 4 is 7."
     ids = backend.tokenizer(context + continuation, add_special_tokens=False).input_ids

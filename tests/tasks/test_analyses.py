@@ -122,6 +122,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
+SST2_SENTENCES = ["a fine film", "dull and long", "pear apple fig", "the number 3", "sort these", "is 5"]
 SNI_REFERENCES = ["yes", "the cat sat on a mat today", "one two three four five six seven eight nine ten eleven twelve"]
 
 
@@ -134,9 +135,8 @@ def runs(tmp_path_factory, random_model) -> SimpleNamespace:
     write_jsonl(data / "dolly" / "valid.jsonl", [
         {"instruction": "Say hi.", "input": "", "output": "hi", "prompt": "Instruction: Say hi.<n>Response:"},
         {"instruction": "Add.", "input": "", "output": "3", "prompt": "The number 1 plus 2 is"}])
-    write_jsonl(data / "sst2" / "validation.jsonl",
-                [{"sentence": s, "label": i % 2, "idx": i} for i, s in enumerate(
-                    ["a fine film", "dull and long", "pear apple fig", "the number 3", "sort these", "is 5"])])
+    (data / "sst2").mkdir(parents=True)
+    (data / "sst2" / "stsa.binary.dev").write_text("".join(f"{i % 2} {s}\n" for i, s in enumerate(SST2_SENTENCES)))
     write_jsonl(data / "sinst" / "valid.jsonl", [
         {"prompt": f"Task {i}: answer.", "output": [reference, "other"]} for i, reference in enumerate(SNI_REFERENCES)])
     common = dict(data_dir=str(data), output_dir=str(root / "runs"), progress=False, device="cpu", batch_size=4)
@@ -172,7 +172,7 @@ def test_calibration_matches_a_direct_computation(runs):
 
     result, samples = read_run(runs, "random", "calibration_sst2")
     task = get_task("calibration_sst2")
-    docs = [json.loads(line) for line in (runs.data / "sst2" / "validation.jsonl").read_text().splitlines()]
+    docs = [{"sentence": sentence, "label": i % 2} for i, sentence in enumerate(SST2_SENTENCES)]
     with load(str(runs.model), device="cpu", batch_size=4) as backend:
         scores = backend.loglikelihood([(task.prompt(d), w) for d in docs for w in SST2_WORDS], progress=False)
     confidence, correct = [], []
@@ -216,7 +216,8 @@ def test_report_shows_the_analysis_figures(runs, tmp_path):
 
 
 def test_bad_labels_are_a_user_error(tmp_path, random_model):
-    write_jsonl(tmp_path / "sst2" / "validation.jsonl", [{"sentence": "hidden test label", "label": -1, "idx": 0}])
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "stsa.binary.dev").write_text("5 a label out of range\n")
     with pytest.raises(HarnessError, match="malformed"):
         evaluate(EvalConfig(model=str(random_model), tasks="calibration_sst2", data_dir=str(tmp_path),
                             output_dir=str(tmp_path / "runs"), progress=False, device="cpu"))
