@@ -9,20 +9,25 @@ from harness.errors import HarnessError
 from harness.task import Doc, Task
 
 
+def read_json_lines(path: Path) -> list[Doc]:
+    """One JSON object per line, whatever the file is called (several data sets name such files .json)."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            message = f"{path}:{number} is not valid JSON ({error.msg}); fix or remove that line"
+            raise HarnessError(message) from None
+    return rows
+
+
 def read_rows(path: Path) -> list[Doc]:
     """Rows of a .jsonl file (one object per line) or a .json file (a list, or an object holding one)."""
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                message = f"{path}:{number} is not valid JSON ({error.msg}); fix or remove that line"
-                raise HarnessError(message) from None
-        return rows
+        return read_json_lines(path)
+    text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -60,7 +65,7 @@ def load_docs(task: Task, data_dir: str | Path | None, limit: int | None = None)
         return []
     root = source.builtin() if source.builtin else (Path(data_dir).expanduser() if data_dir else None)
     if root is not None and (root / source.local_file).is_file():
-        rows = read_rows(root / source.local_file)
+        rows = (source.read or read_rows)(root / source.local_file)
     elif source.hub_id and root is None:  # a given folder is what the user meant: never fall back to the hub
         rows = _from_hub(task)
     else:

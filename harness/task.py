@@ -39,6 +39,9 @@ class DataSource:
     split: str = "test"
     fields: Mapping[str, str] = field(default_factory=dict)
     builtin: Callable[[], Path] | None = None
+    # Reads the local file into documents when it is not a plain list of rows (nested JSON, paired text files);
+    # hub rows must already have the documents' fields.
+    read: Callable[[Path], list[Doc]] | None = None
     external: bool = False  # the task reads its own data (lm-eval tasks): the runner loads no rows for it
 
 
