@@ -135,7 +135,8 @@ class Seq2SeqBackend(HFBackend):
                          if requests else [])
         encoder_inputs = [ids[-self.max_length :] for ids in contexts]
         targets = [ids + [self.eos_token_id] for ids in continuations]
-        order = sorted(range(len(requests)), key=lambda i: -len(encoder_inputs[i]))
+        # Longest first, equal contexts next to each other, so the options of a question share a batch.
+        order = sorted(range(len(requests)), key=lambda i: (-len(encoder_inputs[i]), encoder_inputs[i]))
         results: list = [None] * len(requests)
         with tqdm(total=len(requests), desc="score", unit="req", disable=not progress) as bar:
             for start in range(0, len(order), self.batch_size):
@@ -147,14 +148,21 @@ class Seq2SeqBackend(HFBackend):
         return results
 
     def _score_batch(self, inputs: list[list[int]], targets: list[list[int]]) -> list[tuple[list[float], bool]]:
-        input_ids, mask = self._encode_batch(inputs)
+        """Each distinct context goes through the encoder once; its rows share that encoding."""
+        position = {ids: i for i, ids in enumerate(dict.fromkeys(tuple(ids) for ids in inputs))}
+        distinct = list(position)
+        owner = torch.tensor([position[tuple(ids)] for ids in inputs], device=self.device)
+        input_ids, mask = self._encode_batch([list(ids) for ids in distinct])
+        encoded = self.model.get_encoder()(input_ids=input_ids, attention_mask=mask)
+        encoded.last_hidden_state = encoded.last_hidden_state[owner]  # (B, S, H)
+        mask = mask[owner]
         longest = max(len(t) for t in targets)
         pad = self.tokenizer.pad_token_id
         target_ids = torch.tensor([t + [pad] * (longest - len(t)) for t in targets], device=self.device)  # (B, L)
         # Teacher forcing: the decoder reads the start token and the targets shifted right.
         start = torch.full((len(targets), 1), self.start_token_id, device=self.device)
         decoder_ids = torch.cat([start, target_ids[:, :-1]], dim=1)
-        logits = self.model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+        logits = self.model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=decoder_ids).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, L, V)
         picked = logprobs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)  # (B, L)
         valid = torch.tensor([[j < len(t) for j in range(longest)] for t in targets], device=self.device)
