@@ -72,6 +72,7 @@ def load_docs(task: Task, data_dir: str | Path | None, limit: int | None = None)
         where = f"{root / source.local_file} does not exist" if root else "no data folder was given"
         raise HarnessError(f"task {task.name} needs {source.local_file} ({where}): pass --data-dir DIR or set "
                            "HARNESS_DATA_DIR to a folder laid out like shared/data")
+    rows = [row for row in rows if source.keep(row)] if source.keep else rows
     rows = rows[:limit] if limit else rows
     _check_rows(task, rows)
     return rows

@@ -42,6 +42,7 @@ class DataSource:
     # Reads the local file into documents when it is not a plain list of rows (nested JSON, paired text files);
     # hub rows must already have the documents' fields.
     read: Callable[[Path], list[Doc]] | None = None
+    keep: Callable[[Doc], bool] | None = None  # rows the protocol scores (OCNLI drops unlabelled ones), any source
     external: bool = False  # the task reads its own data (lm-eval tasks): the runner loads no rows for it
 
 

@@ -21,7 +21,7 @@ decode greedily except KdConv, which samples as EVA does (top-p 0.9, temperature
 The suites' score is the CUGE index (`harness.metrics.cuge`): each dataset's main metric over the mT5-small
 baseline's, averaged dataset -> task -> capability; a board with datasets missing is marked partial.
 Data: the files described in each `shared/data/<name>/SOURCE.md`; hub ids where the hub rows have the same fields
-(C3, CMRC 2018: `clue/clue` validation splits).
+(C3, CMRC 2018, OCNLI: `clue/clue` validation splits; OCNLI's unlabelled rows are dropped from either source).
 """
 
 from __future__ import annotations
@@ -68,10 +68,6 @@ def read_cmrc(path: Path) -> list[Doc]:
     return [{"id": qa["id"], "context": paragraph["context"], "question": qa["question"],
              "answers": {"text": [answer["text"] for answer in qa["answers"]]}}
             for article in read_rows(path) for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
-
-
-def read_ocnli(path: Path) -> list[Doc]:
-    return [row for row in read_json_lines(path) if row["label"] != "-"]
 
 
 def read_lcsts(path: Path) -> list[Doc]:
@@ -259,7 +255,9 @@ def cuge_chid() -> Task:
 @register_task("cuge_ocnli", suites=("cuge",))
 def cuge_ocnli() -> Task:
     return choice_task("cuge_ocnli", "OCNLI 3-way inference, dev without '-' rows (CLUE, in the CUGE suite here)",
-                       DataSource("ocnli/dev.json", read=read_ocnli), ocnli_prompt,
+                       DataSource("ocnli/dev.json", hub_id="clue/clue", hub_config="ocnli", split="validation",
+                                  read=read_json_lines, keep=lambda row: row["label"] not in ("-", -1)),
+                       ocnli_prompt,
                        lambda doc: list(OCNLI_WORDS.values()), ocnli_gold)
 
 

@@ -119,3 +119,13 @@ def test_cuge_suite_runs_end_to_end_on_the_tiny_teacher(tiny, shared_data, tmp_p
         assert 0.0 <= record["metrics"][record["main_metric"]] <= 100.0
     kdconv = json.loads(next(path for path in written if path.parent.name == "cuge_kdconv").read_text())
     assert {"bleu4", "dist3", "dist4", "f1", "rougeL"} <= set(kdconv["metrics"])
+
+
+def test_ocnli_drops_rows_without_a_majority_label(tmp_path):
+    rows = [{"sentence1": "甲", "sentence2": "乙", "label": label} for label in ("neutral", "-", 2, -1)]
+    (tmp_path / "ocnli").mkdir()
+    (tmp_path / "ocnli" / "dev.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = get_task("cuge_ocnli")
+    docs = load_docs(task, tmp_path)
+    assert [doc["label"] for doc in docs] == ["neutral", 2]
+    assert [task.references(doc) for doc in docs] == [["中立"], ["矛盾"]]
