@@ -14,9 +14,9 @@ decode greedily except KdConv, which samples as EVA does (top-p 0.9, temperature
   test the report scores, so the task says so in its description.
 - KdConv: EVA's metrics on characters: corpus BLEU-4 (NLTK `corpus_bleu`, smoothing method 3), corpus
   Distinct-3/4, unigram F1 and ROUGE-L (both per response, max over references). One document per response turn,
-  its dialogue history and the knowledge triples of that turn in the prompt. EVA's own code differs in two places
-  we do not copy: its ROUGE-L uses beta 1.2 (ours is the F1 of `rouge_l`) and its Distinct-n skips each response's
-  last n-gram.
+  its dialogue history and the knowledge triples of that turn in the prompt. ROUGE-L is EVA's: F-beta with
+  `KDCONV_ROUGE_BETA` = 1.2 from the best precision and the best recall over references (1.0 gives the plain F1).
+  One place of EVA's code we do not copy: its Distinct-n skips each response's last n-gram.
 
 The suites' score is the CUGE index (`harness.metrics.cuge`): each dataset's main metric over the mT5-small
 baseline's, averaged dataset -> task -> capability; a board with datasets missing is marked partial.
@@ -40,11 +40,12 @@ from harness.backends.base import SamplingSettings
 from harness.data import read_json_lines, read_rows
 from harness.metrics.cmrc import cmrc_em, cmrc_f1
 from harness.metrics.cuge import HIERARCHY, LITE_BOARD, MT5_SMALL_BASELINES, cuge_scores
-from harness.metrics.text import distinct_n, rouge_l, rouge_n, unigram_f1, zh_chars
+from harness.metrics.text import distinct_n, lcs_length, rouge_l, rouge_n, unigram_f1, zh_chars
 from harness.registry import SuiteScore, register_suite, register_task
 from harness.task import ChoicePrediction, DataSource, Doc, Metric, Task, seed_mean
 
 CHID_RIGHT_CONTEXT = 32
+KDCONV_ROUGE_BETA = 1.2  # EVA's code (coco-caption's value); the CUGE report does not say
 SPAN = SamplingSettings(max_new_tokens=32, temperature=0.0, stop=("\n",))
 SUMMARY = SamplingSettings(max_new_tokens=48, temperature=0.0, stop=("\n",))
 REASONING = SamplingSettings(max_new_tokens=256, temperature=0.0)
@@ -185,9 +186,20 @@ def score_summary(doc: Doc, prediction: str) -> dict[str, float]:
             zh_chars), "rougeL": rouge_l(prediction, references, zh_chars)}
 
 
+def eva_rouge_l(prediction: str, references: list[str], beta: float = KDCONV_ROUGE_BETA) -> float:
+    """EVA's ROUGE-L on characters: F-beta of the best LCS precision and the best LCS recall over references."""
+    predicted = zh_chars(prediction)
+    lcs = [(lcs_length(zh_chars(r), predicted), len(zh_chars(r))) for r in references]
+    precision = max(common / max(len(predicted), 1e-10) for common, _ in lcs)
+    recall = max(common / max(length, 1e-10) for common, length in lcs)
+    if precision == 0 or recall == 0:
+        return 0.0
+    return (1 + beta**2) * precision * recall / (recall + beta**2 * precision)
+
+
 def score_response(doc: Doc, prediction: str) -> dict[str, float]:
     references = [doc["response"]]
-    return {"f1": unigram_f1(prediction, references, zh_chars), "rougeL": rouge_l(prediction, references, zh_chars)}
+    return {"f1": unigram_f1(prediction, references, zh_chars), "rougeL": eva_rouge_l(prediction, references)}
 
 
 def eva_corpus_metrics(samples: list[dict[str, Any]]) -> dict[str, float]:

@@ -10,9 +10,10 @@ from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
 
 from harness.data import load_docs
 from harness.metrics.cmrc import cmrc_em, cmrc_f1, longest_common_run, mixed_segmentation
+from harness.metrics.text import rouge_l, zh_chars
 from harness.registry import get_suite, get_task, suites
 from harness.runner import EvalConfig, evaluate
-from harness.tasks.cuge import eva_corpus_metrics, final_number, score_math
+from harness.tasks.cuge import eva_corpus_metrics, eva_rouge_l, final_number, score_math
 
 # ----- CMRC 2018: cases worked by hand from the official script's definitions --------------------------------------
 
@@ -129,3 +130,14 @@ def test_ocnli_drops_rows_without_a_majority_label(tmp_path):
     docs = load_docs(task, tmp_path)
     assert [doc["label"] for doc in docs] == ["neutral", 2]
     assert [task.references(doc) for doc in docs] == [["中立"], ["矛盾"]]
+
+
+def test_eva_rouge_l_is_f_beta_of_the_best_precision_and_recall():
+    # LCS(我喜欢看电影, 我也喜欢看电影) = 6: P 6/6, R 6/7; beta 1.2
+    expected = (1 + 1.44) * 1.0 * (6 / 7) / (6 / 7 + 1.44 * 1.0)
+    assert eva_rouge_l("我喜欢看电影。", ["我也喜欢看电影！"]) == pytest.approx(expected)
+    plain = rouge_l("我喜欢看电影", ["我也喜欢看电影"], zh_chars)
+    assert eva_rouge_l("我喜欢看电影", ["我也喜欢看电影"], beta=1.0) == pytest.approx(plain)
+    # several references: precision from one, recall from another (not the max of per-reference F)
+    assert eva_rouge_l("甲乙", ["甲乙丙丁", "甲"], beta=1.0) == pytest.approx(1.0)
+    assert eva_rouge_l("", ["甲"]) == 0.0
