@@ -58,6 +58,16 @@ def _from_hub(task: Task) -> list[Doc]:
     return [{rename.get(key, key): value for key, value in row.items()} for row in dataset]
 
 
+def _read_local(task: Task, path: Path) -> list[Doc]:
+    if task.data.read is None:
+        return read_rows(path)
+    try:
+        return task.data.read(path)
+    except (OSError, KeyError, TypeError, ValueError, IndexError) as error:
+        raise HarnessError(f"task {task.name} cannot read {path} ({type(error).__name__}: {error}); the folder "
+                           "must hold the files its SOURCE.md describes") from None
+
+
 def load_docs(task: Task, data_dir: str | Path | None, limit: int | None = None) -> list[Doc]:
     """The task's rows: built-in data first, then the local folder, then the hub."""
     source = task.data
@@ -65,7 +75,7 @@ def load_docs(task: Task, data_dir: str | Path | None, limit: int | None = None)
         return []
     root = source.builtin() if source.builtin else (Path(data_dir).expanduser() if data_dir else None)
     if root is not None and (root / source.local_file).is_file():
-        rows = (source.read or read_rows)(root / source.local_file)
+        rows = _read_local(task, root / source.local_file)
     elif source.hub_id and root is None:  # a given folder is what the user meant: never fall back to the hub
         rows = _from_hub(task)
     else:

@@ -49,10 +49,10 @@ def load(model: str, backend: str = "hf", **options) -> Backend:
     from harness.backends.seq2seq import is_encoder_decoder
 
     if is_encoder_decoder(model):
-        if name != "hf":
+        if backend == "vllm":
             raise HarnessError(f"{model} is an encoder-decoder model, which the vLLM backend does not serve here: "
                                "use --backend hf")
-        name = "seq2seq"
+        name = "seq2seq"  # also for `auto`: transformers is the engine that serves it
     module_name, class_name = {**_BACKENDS, "seq2seq": _SEQ2SEQ}[name].split(":")
     backend_class = getattr(importlib.import_module(module_name), class_name)
     return backend_class(model, **options)

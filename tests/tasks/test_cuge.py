@@ -9,6 +9,7 @@ import pytest
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
 
 from harness.data import load_docs
+from harness.errors import HarnessError
 from harness.metrics.cmrc import cmrc_em, cmrc_f1, longest_common_run, mixed_segmentation
 from harness.metrics.text import rouge_l, zh_chars
 from harness.registry import get_suite, get_task, suites
@@ -141,3 +142,11 @@ def test_eva_rouge_l_is_f_beta_of_the_best_precision_and_recall():
     # several references: precision from one, recall from another (not the max of per-reference F)
     assert eva_rouge_l("甲乙", ["甲乙丙丁", "甲"], beta=1.0) == pytest.approx(1.0)
     assert eva_rouge_l("", ["甲"]) == 0.0
+
+
+def test_a_broken_data_folder_is_one_clear_error(tmp_path):
+    (tmp_path / "lcsts").mkdir()
+    (tmp_path / "lcsts" / "test.src.txt").write_text("一\n二\n")
+    (tmp_path / "lcsts" / "test.tgt.txt").write_text("一\n")
+    with pytest.raises(HarnessError, match="cannot read .*test.src.txt .*must align"):
+        load_docs(get_task("cuge_lcsts"), tmp_path)
