@@ -127,15 +127,19 @@ def print_summary(paths) -> None:
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    from harness.registry import get_task, suites, task_names
+    from harness.registry import get_suite, get_task, suites, task_names
 
     for name in task_names():
         task = get_task(name)
         source = task.data.local_file if not task.data.builtin else "built-in (harness tiny)"
         hub = f"  hub: {task.data.hub_id}" if task.data.hub_id else ""
         print(f"{name:<16} {task.description}  [data: {source}{hub}]")
-    for suite, names in suites().items():
-        print(f"suite {suite:<10} {', '.join(names)}")
+    for name, tasks in suites().items():
+        suite = get_suite(name)
+        about = f"  ({suite.description})" if suite and suite.description else ""
+        print(f"suite {name:<10} {', '.join(tasks)}{about}")
+        for task, levels in (suite.hierarchy.items() if suite else ()):
+            print(f"    {task:<20} {' -> '.join(levels)}")
 
 
 def cmd_tiny(args: argparse.Namespace) -> None:

@@ -29,21 +29,26 @@ def read_text(path: Path) -> str:
                            "e.g. with iconv") from None
 
 
+def read_json_lines(path: Path) -> list[Doc]:
+    """One JSON object per line, whatever the file is called (several data sets name such files .json)."""
+    rows = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            message = f"{path}:{number} is not valid JSON ({error.msg}); fix or remove that line"
+            raise HarnessError(message) from None
+    return rows
+
+
 def read_rows(path: Path) -> list[Doc]:
     """Rows of a .jsonl file (one object per line), a .csv file with a header row, or a .json file (a list, or an
     object holding one)."""
-    text = read_text(path)
     if path.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                message = f"{path}:{number} is not valid JSON ({error.msg}); fix or remove that line"
-                raise HarnessError(message) from None
-        return rows
+        return read_json_lines(path)
+    text = read_text(path)
     if path.suffix == ".csv":
         return list(csv.DictReader(text.splitlines()))
     try:
@@ -89,14 +94,23 @@ def _from_hub(source: DataSource, what: str) -> list[Doc]:
     return [{rename.get(key, key): value for key, value in row.items()} for row in dataset]
 
 
+def _read_local(source: DataSource, path: Path, what: str) -> list[Doc]:
+    if source.reader is None:
+        return read_rows(path)
+    try:
+        return source.reader(path)
+    except (OSError, KeyError, TypeError, ValueError, IndexError) as error:
+        raise HarnessError(f"{what} cannot read {path} ({type(error).__name__}: {error}); the folder must hold the "
+                           "files its SOURCE.md describes") from None
+
+
 def load_rows(source: DataSource, data_dir: str | Path | None, what: str) -> list[Doc]:
     """Every row of `source`: built-in data first, then the local folder, then the hub. `what` names the
     reader in errors ("task icl_sst2", "the demonstration pool of icl_sst2")."""
     root = source.builtin() if source.builtin else (Path(data_dir).expanduser() if data_dir else None)
     files = (source.local_file, *source.more_files)
     if root is not None and all((root / name).exists() for name in files):
-        read = source.reader or read_rows
-        return [row for name in files for row in read(root / name)]
+        return [row for name in files for row in _read_local(source, root / name, what)]
     if source.hub_id and root is None:  # a given folder is what the user meant: never fall back to the hub
         return _from_hub(source, what)
     missing = [str(root / name) if root else name for name in files if root is None or not (root / name).exists()]

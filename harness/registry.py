@@ -1,12 +1,18 @@
 """Task registry: tasks register by decorator, suites group them, third-party packages add theirs through the
 `harness.tasks` entry-point group. Built-in tasks go through the same path as everyone else's.
+
+A suite is an object: its tasks, optionally where each task sits in a hierarchy (dataset -> task -> capability,
+as CUGE scores), and its aggregate, which turns the main metrics of the tasks a model has into the suite's score.
+A suite named in `register_task` without `register_suite` is a plain mean over all of its tasks.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
 from harness.errors import HarnessError
@@ -14,8 +20,44 @@ from harness.task import Task
 
 TaskFactory = Callable[[], Task]
 
+
+@dataclass(frozen=True)
+class SuiteScore:
+    """A suite's score for one model: the value, its named parts (CUGE's capabilities) and whether tasks were
+    missing (a partial score covers only the tasks present)."""
+
+    value: float
+    parts: dict[str, float] = field(default_factory=dict)
+    partial: bool = False
+
+
+# (main metric per task the model has, every task of the suite) -> its score, or None when it cannot be given.
+Aggregate = Callable[[dict[str, float], list[str]], SuiteScore | None]
+
+
+def mean_of_tasks(scores: dict[str, float], tasks: list[str]) -> SuiteScore | None:
+    """Plain mean of the main metrics, given only when the model has every task (averages over different task
+    sets would not be comparable)."""
+    if any(task not in scores for task in tasks):
+        return None
+    return SuiteScore(statistics.fmean(scores[task] for task in tasks))
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str = ""
+    aggregate: Aggregate = mean_of_tasks
+    aggregate_name: str = "avg"  # the column header's word for the score
+    hierarchy: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # task -> (dataset, task, capability)
+    tasks: list[str] = field(default_factory=list)
+
+    def score(self, scores: dict[str, float]) -> SuiteScore | None:
+        return self.aggregate({t: v for t, v in scores.items() if t in self.tasks}, list(self.tasks))
+
+
 _FACTORIES: dict[str, TaskFactory] = {}
-_SUITES: dict[str, list[str]] = {}
+_SUITES: dict[str, Suite] = {}
 _LOADED = False
 # Task names with this prefix are not ours: they are resolved by the lm-eval bridge.
 LM_EVAL_PREFIX = "lm_eval:"
@@ -27,10 +69,18 @@ def register_task(name: str, suites: tuple[str, ...] = ()) -> Callable[[TaskFact
             raise ValueError(f"task {name!r} is registered twice")
         _FACTORIES[name] = factory
         for suite in suites:
-            _SUITES.setdefault(suite, []).append(name)
+            _SUITES.setdefault(suite, Suite(suite)).tasks.append(name)
         return factory
 
     return decorate
+
+
+def register_suite(name: str, description: str = "", aggregate: Aggregate = mean_of_tasks,
+                   aggregate_name: str = "avg", hierarchy: Mapping[str, tuple[str, ...]] | None = None) -> Suite:
+    """Declare how a suite aggregates (call before its tasks register, or after: the task list is kept)."""
+    tasks = _SUITES[name].tasks if name in _SUITES else []
+    _SUITES[name] = Suite(name, description, aggregate, aggregate_name, dict(hierarchy or {}), tasks)
+    return _SUITES[name]
 
 
 def _load_plugins() -> None:
@@ -52,8 +102,15 @@ def task_names() -> list[str]:
 
 
 def suites() -> dict[str, list[str]]:
+    """Suite name -> its task names."""
     _load_plugins()
-    return {suite: list(names) for suite, names in sorted(_SUITES.items())}
+    return {name: list(suite.tasks) for name, suite in sorted(_SUITES.items())}
+
+
+def get_suite(name: str) -> Suite | None:
+    """The suite object, or None for a name no installed task declares (a result stored by other code)."""
+    _load_plugins()
+    return _SUITES.get(name)
 
 
 def get_task(name: str) -> Task:
@@ -74,7 +131,7 @@ def expand(spec: str, with_teacher: bool = False) -> list[str]:
         if part == "all":
             found = [name for name in sorted(_FACTORIES) if with_teacher or not get_task(name).needs_teacher]
         elif part in _SUITES:
-            found = _SUITES[part]
+            found = _SUITES[part].tasks
         elif part in _FACTORIES or part.startswith(LM_EVAL_PREFIX):
             found = [part]
         else:

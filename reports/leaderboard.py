@@ -2,9 +2,11 @@
 
 A pure function of the stored files: the same store gives the same tables, and no generation time is written.
 Unreadable or incomplete files are skipped with one warning line on stderr. Rows are models (`method@step` for
-trainer checkpoints); columns are suite averages, then each task's main metric. A suite average appears only
-when the model has every task that any stored result lists under that suite, so averages over different task
-sets never share a column. Rows are sorted by the first suite average (the first task column when no suite is
+trainer checkpoints); columns are suite scores, then each task's main metric. Each suite scores with its own
+aggregate (`harness.registry.Suite`): a plain mean of main metrics appears only when the model has every task
+that any stored result lists under that suite, so averages over different task sets never share a column; the
+CUGE index is baseline-normalised and may be partial (marked "*"), with a section of per-capability scores.
+Rows are sorted by the first suite average (the first task column when no suite is
 stored), highest first. Figures come from the registry in plots.py and are embedded in the HTML as base64
 PNGs.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.registry import SuiteScore, get_suite, mean_of_tasks
 from harness.reports.plots import display_name, render_figures
 from harness.store import atomic_write
 
@@ -141,10 +144,15 @@ class Board:
     suites: dict[str, set[str]]  # suite -> its tasks
     cells: dict[tuple[str, str], Entry]  # (model, task) -> entry
 
+    def suite_score(self, model: str, suite: str) -> SuiteScore | None:
+        """The suite's own aggregate over the main metrics of this model's stored tasks of the suite."""
+        scores = {task: self.cells[model, task].main for task in self.suites[suite] if (model, task) in self.cells}
+        found = get_suite(suite)
+        return (found.aggregate if found else mean_of_tasks)(scores, sorted(self.suites[suite]))
+
     def suite_average(self, model: str, suite: str) -> float | None:
-        if any((model, task) not in self.cells for task in self.suites[suite]):
-            return None
-        return sum(self.cells[model, task].main for task in self.suites[suite]) / len(self.suites[suite])
+        score = self.suite_score(model, suite)
+        return None if score is None else score.value
 
 
 def build_board(entries: list[Entry]) -> Board:
@@ -194,14 +202,22 @@ def _main_name(board: Board, task: str) -> str:
     return next(board.cells[m, task] for m in board.models if (m, task) in board.cells).result["main_metric"]
 
 
+def _suite_header(suite: str) -> str:
+    found = get_suite(suite)
+    return f"{suite} {found.aggregate_name if found else 'avg'}"
+
+
+def _suite_cell(score: SuiteScore | None) -> str:
+    return "" if score is None else _fmt(score.value) + ("*" if score.partial else "")
+
+
 def main_table(board: Board) -> Table:
-    header = ["Model", *(f"{suite} avg" for suite in board.suites),
+    header = ["Model", *(_suite_header(suite) for suite in board.suites),
               *(f"{task} ({_main_name(board, task)}{'' if _higher_is_better(board, [task]) else ', lower is better'})"
                 for task in board.tasks)]
     rows = []
     for model in board.models:
-        averages = [board.suite_average(model, suite) for suite in board.suites]
-        row = [model, *("" if a is None else _fmt(a) for a in averages)]
+        row = [model, *(_suite_cell(board.suite_score(model, suite)) for suite in board.suites)]
         for task in board.tasks:
             entry = board.cells.get((model, task))
             row.append(_with_std(entry.result["metrics"], entry.result["main_metric"]) if entry else "")
@@ -240,11 +256,28 @@ def _intro(board: Board) -> str:
     sort_key = f"the {next(iter(board.suites))} average" if board.suites else board.tasks[0]
     order = "highest" if _higher_is_better(board, _sort_tasks(board)) else "lowest"
     return (f"Main metric per task, sorted by {sort_key} ({order} first). "
-            "A suite average is shown only when the model has every task of the suite.")
+            "A suite average is shown only when the model has every task of the suite; "
+            "* marks a score over part of its board.")
+
+
+def suite_parts_tables(board: Board) -> list[tuple[str, Table]]:
+    """For suites whose score has parts (CUGE's capabilities): one table per suite, a row per model."""
+    tables = []
+    for suite in board.suites:
+        scores = {model: board.suite_score(model, suite) for model in board.models}
+        parts = sorted({part for score in scores.values() if score for part in score.parts})
+        if not parts:
+            continue
+        rows = [[model, _suite_cell(score), *(_fmt(score.parts[p]) if p in score.parts else "" for p in parts)]
+                for model, score in scores.items() if score is not None]
+        tables.append((suite, Table(["Model", _suite_header(suite), *parts], rows)))
+    return tables
 
 
 def render_markdown(board: Board) -> str:
     parts = ["# Leaderboard", "", _md_cell(_intro(board)), "", _md_table(main_table(board))]
+    for suite, table in suite_parts_tables(board):
+        parts += ["", f"## {_md_cell(suite)} by capability", "", _md_table(table)]
     for task in board.tasks:
         parts += ["", f"## {_md_cell(task)}", "", _md_table(task_table(board, task))]
     return "\n".join(parts) + "\n"
@@ -337,6 +370,8 @@ def _figure_html(name: str, path: Path) -> str:
 
 def render_html(board: Board, figures: list[tuple[str, Path]]) -> str:
     parts = ["<h1>Leaderboard</h1>", f"<p>{html.escape(_intro(board))}</p>", _html_table(main_table(board))]
+    for suite, table in suite_parts_tables(board):
+        parts += [f"<h2>{html.escape(suite)} by capability</h2>", _html_table(table)]
     parts += [_figure_html(name, path) for name, path in figures]
     for task in board.tasks:
         parts += [f"<h2>{html.escape(task)}</h2>", _html_table(task_table(board, task)),

@@ -23,6 +23,36 @@ def make_random_model(folder: Path, hidden: int = 128, layers: int = 2, seed: in
     return random_checkpoint(folder, texts, hidden=hidden, layers=layers, seed=seed)
 
 
+def make_random_t5(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised T5 (2+2 layers, d_model 64) with a tiny word-piece-free tokenizer: every character of
+    a few Chinese and English sentences is a token, `</s>` ends each encoded text as T5's tokenizer does."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    texts = ["阅读下面的材料，回答问题。我喜欢看电影，也喜欢听音乐。", "The number 12 plus 30 is 42.",
+             "下面这句现代文描述的是哪一句古诗？春风又绿江南岸。解答：答案是880米。"]
+    chars = sorted({char for text in texts for char in text} | set("0123456789 "))
+    vocab = {token: i for i, token in enumerate(["<pad>", "</s>", "<unk>", *chars])}
+    tokenizer_model = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer_model.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer_model.decoder = decoders.Fuse()
+    tokenizer_model.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer_model, pad_token="<pad>", eos_token="</s>",
+                                        unk_token="<unk>")
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=len(vocab), d_model=64, d_kv=32, d_ff=128, num_layers=2, num_decoder_layers=2,
+                      num_heads=2, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def random_t5(tmp_path_factory) -> Path:
+    return make_random_t5(tmp_path_factory.mktemp("random-t5"))
+
+
 @pytest.fixture(scope="session")
 def random_model(tmp_path_factory) -> Path:
     return make_random_model(tmp_path_factory.mktemp("random-model"))

@@ -25,6 +25,7 @@ __all__ = [
 
 # Imported lazily: torch and vLLM take seconds to import, and `harness --help` must not wait for them.
 _BACKENDS = {"hf": "harness.backends.hf:HFBackend", "vllm": "harness.backends.vllm:VLLMBackend"}
+_SEQ2SEQ = "harness.backends.seq2seq:Seq2SeqBackend"  # chosen by the checkpoint's config, not by name
 
 
 def resolve_backend_name(backend: str) -> str:
@@ -39,10 +40,19 @@ def resolve_backend_name(backend: str) -> str:
 
 
 def load(model: str, backend: str = "hf", **options) -> Backend:
-    """Load `model` (a local HF-format folder or a hub id) on the named backend ("hf", "vllm" or "auto")."""
+    """Load `model` (a local HF-format folder or a hub id) on the named backend ("hf", "vllm" or "auto").
+
+    On transformers, an encoder-decoder checkpoint (T5, mT5) gets the encoder-decoder backend (`seq2seq.py`)."""
     name = resolve_backend_name(backend)
     if name not in _BACKENDS:
         raise HarnessError(f"unknown backend {backend!r}: choose one of hf, vllm, auto")
-    module_name, class_name = _BACKENDS[name].split(":")
+    from harness.backends.seq2seq import is_encoder_decoder
+
+    if is_encoder_decoder(model):
+        if backend == "vllm":
+            raise HarnessError(f"{model} is an encoder-decoder model, which the vLLM backend does not serve here: "
+                               "use --backend hf")
+        name = "seq2seq"  # also for `auto`: transformers is the engine that serves it
+    module_name, class_name = {**_BACKENDS, "seq2seq": _SEQ2SEQ}[name].split(":")
     backend_class = getattr(importlib.import_module(module_name), class_name)
     return backend_class(model, **options)

@@ -7,7 +7,17 @@ import random
 import pytest
 from rouge_score import rouge_scorer
 
-from harness.metrics.text import distinct_n, exact_match, lcs_length, normalize_answer, rouge_l, rouge_l_many
+from harness.metrics.text import (
+    distinct_n,
+    exact_match,
+    lcs_length,
+    normalize_answer,
+    rouge_l,
+    rouge_l_many,
+    rouge_n,
+    unigram_f1,
+    zh_chars,
+)
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
@@ -214,3 +224,80 @@ def test_distinct_n_hand_examples():
     assert distinct_n([], 4) == (0, 0)
     with pytest.raises(ValueError, match="n >= 1"):
         distinct_n(["a"], 0)
+
+
+# ----- ROUGE-1/2 and the character mode for Chinese ---------------------------------------------------------------
+
+
+class _ZhTokenizer:
+    """Our character tokenisation in the shape rouge_score's `tokenizer=` argument takes."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return zh_chars(text)
+
+
+def test_rouge_n_equals_rouge_score_on_generated_pairs():
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2"], use_stemmer=True)
+    for prediction, references in generated_pairs(seed=77, count=400):
+        expected = scorer.score_multi(references, prediction)
+        assert rouge_n(prediction, references, 1) == expected["rouge1"].fmeasure
+        assert rouge_n(prediction, references, 2) == expected["rouge2"].fmeasure
+
+
+ZH_PAIRS = [
+    ("我喜欢猫", ["我喜欢猫"]),
+    ("我很喜欢小猫。", ["我喜欢猫，也喜欢狗！"]),
+    ("北京是中国的首都", ["中国的首都是北京", "首都北京"]),
+    ("GPT-4在2023年发布", ["2023年, OpenAI发布了GPT-4"]),
+    ("", ["空"]),
+    ("。。。", ["！"]),
+]
+
+
+@pytest.mark.parametrize(("prediction", "references"), ZH_PAIRS)
+def test_character_mode_equals_rouge_score_given_the_same_tokens(prediction: str, references: list[str]):
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=_ZhTokenizer())
+    expected = scorer.score_multi(references, prediction)
+    assert rouge_l(prediction, references, zh_chars) == expected["rougeL"].fmeasure
+    assert rouge_n(prediction, references, 1, zh_chars) == expected["rouge1"].fmeasure
+    assert rouge_n(prediction, references, 2, zh_chars) == expected["rouge2"].fmeasure
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("我喜欢猫", ["我", "喜", "欢", "猫"]),
+        ("我喜欢NLP和Python3！", ["我", "喜", "欢", "nlp", "和", "python3"]),
+        ("GPT-4 在 2023 年", ["gpt", "4", "在", "2023", "年"]),
+        ("“你好”，世界。", ["你", "好", "世", "界"]),
+        ("3.14", ["3", "14"]),
+        ("snake_case café", ["snake", "case", "café"]),
+        ("𠀀㐀", ["𠀀", "㐀"]),  # CJK extensions B and A
+        ("，。！？", []),
+    ],
+)
+def test_zh_chars(text: str, tokens: list[str]):
+    assert zh_chars(text) == tokens
+
+
+def test_character_mode_hand_computed_values():
+    # The default tokenisation finds no tokens in Chinese text; characters do.
+    assert rouge_l("我喜欢猫", ["我喜欢猫"]) == 0.0
+    assert rouge_l("我喜欢猫", ["我喜欢猫"], zh_chars) == 1.0
+    # LCS(我很喜欢小猫, 我喜欢猫也喜欢狗) = 我喜欢猫 (4): P 4/6, R 4/8, F 4/7
+    assert rouge_l("我很喜欢小猫。", ["我喜欢猫，也喜欢狗！"], zh_chars) == pytest.approx(4 / 7)
+    # bigrams 我喜 喜欢 欢猫 vs 我喜 喜欢 欢狗: overlap 2 of 3 each side
+    assert rouge_n("我喜欢猫", ["我喜欢狗"], 2, zh_chars) == pytest.approx(2 / 3)
+    # unigram F1: overlap 我 喜 欢 = 3 of 4 each side
+    assert unigram_f1("我喜欢猫", ["我喜欢狗"], zh_chars) == pytest.approx(0.75)
+    # clipped counts: 哈哈哈 vs 哈: overlap 1, P 1/3, R 1
+    assert unigram_f1("哈哈哈", ["哈"], zh_chars) == pytest.approx(0.5)
+    assert unigram_f1("", ["哈"], zh_chars) == 0.0
+    assert exact_match("北京。", ["北 京"], zh_chars) == 1.0
+    assert exact_match("北京市", ["北京"], zh_chars) == 0.0
+    assert distinct_n(["我喜欢猫猫", "猫猫"], 2, zh_chars) == (4, 5)  # 我喜 喜欢 欢猫 猫猫 | 猫猫
+    assert distinct_n(["我喜欢猫"], 2) == (0, 0)  # whitespace words: one word, no bigram
+
+
+def test_unigram_f1_default_tokens_are_rouge_words():
+    assert unigram_f1("The cats ran", ["the cat runs"]) == pytest.approx(2 / 3)  # the, cat match after stemming

@@ -225,3 +225,25 @@ def test_lower_is_better_tasks_sort_ascending_and_say_so(tmp_path: Path):
     rows = [line.split("|")[1].strip() for line in markdown.splitlines() if line.startswith("| ") and "0." in line]
     assert rows[:3] == ["good", "middling", "bad"]
     assert "lowest first" in markdown and "lower is better" in markdown
+
+
+def test_cuge_suite_scores_with_its_index_and_capabilities(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUGE's own aggregate: baseline-normalised, partial over the lite board, with a per-capability section."""
+    from harness.metrics import cuge
+
+    monkeypatch.setattr(cuge, "MT5_SMALL_BASELINES", {"ccpm": 80.0, "c3": 40.0, "math23k": 10.0})
+    monkeypatch.setattr("harness.tasks.cuge.MT5_SMALL_BASELINES", cuge.MT5_SMALL_BASELINES)
+    root = tmp_path / "runs"
+    for task, value in (("cuge_ccpm", 90.0), ("cuge_c3", 60.0), ("cuge_math23k", 20.0)):
+        write_result(root, "model", task, {"rougeL": value}, suites=("cuge_lite",))
+    write_result(root, "other", "cuge_ccpm", {"rougeL": 80.0}, suites=("cuge_lite",))
+    markdown = write_leaderboard(root)[0].read_text()
+    main = table_after(markdown, "# Leaderboard")
+    assert main[0][1] == "cuge_lite index"
+    expected = (112.5 + 150.0 + 200.0) / 3  # ratios x100, one dataset per capability; partial: lite board lacks 4
+    assert main[1][:2] == ["model", f"{expected:.2f}*"]
+    assert main[2][:2] == ["other", "100.00*"]  # scored over what it has, not padded with zeros
+    parts = table_after(markdown, "## cuge_lite by capability")
+    assert parts[0] == ["Model", "cuge_lite index", "language_understanding_discourse",
+                        "language_understanding_word_sentence", "mathematical_reasoning"]
+    assert parts[1] == ["model", f"{expected:.2f}*", "150.00", "112.50", "200.00"]
