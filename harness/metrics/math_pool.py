@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 _STARTUP_TIMEOUT_S = 120.0
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,11 +44,11 @@ class _Worker:
         self.request_id = 0
         self.deadline = 0.0
 
-    def send(self, item: int, pairs: list[tuple[str, str]], timeout: float) -> None:
+    def send(self, item: int, request: dict[str, Any], timeout: float) -> None:
         self.request_id += 1
         self.item = item
         self.deadline = time.monotonic() + timeout
-        line = json.dumps({"id": self.request_id, "pairs": pairs, "timeout": timeout}) + "\n"
+        line = json.dumps({**request, "id": self.request_id, "timeout": timeout}) + "\n"
         self.proc.stdin.write(line.encode())  # type: ignore[union-attr]
 
     def read_lines(self) -> list[str] | None:
@@ -80,7 +81,8 @@ class _Worker:
 
 
 class VerifierPool:
-    """Runs (gold, pred) candidate lists on up to `size` workers; an item that overruns counts as unequal."""
+    """Runs verifier requests (see `math_worker`) on up to `size` workers; an item that overruns, or whose worker
+    crashes, gets None."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -88,14 +90,14 @@ class VerifierPool:
         self.owner = os.getpid()
         self.lock = threading.Lock()
 
-    def run(self, items: Sequence[list[tuple[str, str]]], timeout: float) -> list[bool]:
+    def run(self, items: Sequence[dict[str, Any]], timeout: float) -> list[dict[str, Any] | None]:
         with self.lock:
             while len(self.workers) < min(self.size, len(items)):
                 self.workers.append(_Worker())
             return self._run_locked(items, timeout)
 
-    def _run_locked(self, items: Sequence[list[tuple[str, str]]], timeout: float) -> list[bool]:
-        results = [False] * len(items)
+    def _run_locked(self, items: Sequence[dict[str, Any]], timeout: float) -> list[dict[str, Any] | None]:
+        results: list[dict[str, Any] | None] = [None] * len(items)
         todo = list(range(len(items) - 1, -1, -1))
         busy: dict[int, _Worker] = {}
         while todo or busy:
@@ -112,7 +114,7 @@ class VerifierPool:
             self._wait_and_collect(busy, results)
         return results
 
-    def _wait_and_collect(self, busy: dict[int, _Worker], results: list[bool]) -> None:
+    def _wait_and_collect(self, busy: dict[int, _Worker], results: list[dict[str, Any] | None]) -> None:
         now = time.monotonic()
         waits = [w.deadline - now for w in busy.values()]
         waits += [w.started + _STARTUP_TIMEOUT_S - now for w in self.workers if w.child is None]
@@ -124,13 +126,13 @@ class VerifierPool:
         now = time.monotonic()
         for item, worker in list(busy.items()):
             if worker.item == item and now >= worker.deadline:
-                worker.kill_child()  # results[item] stays False
+                worker.kill_child()  # results[item] stays None
                 del busy[item]
         for worker in self.workers:
             if worker.child is None and now >= worker.started + _STARTUP_TIMEOUT_S:
                 raise RuntimeError(f"math verifier worker did not start: {_WORKER_COMMAND}")
 
-    def _handle_output(self, worker: _Worker, busy: dict[int, _Worker], results: list[bool]) -> None:
+    def _handle_output(self, worker: _Worker, busy: dict[int, _Worker], results: list[dict[str, Any] | None]) -> None:
         lines = worker.read_lines()
         if lines is None:  # the worker process itself died: replace it, its item counts as unequal
             if worker.item is not None:
@@ -145,7 +147,7 @@ class VerifierPool:
                     worker.item = None
                 worker.child = int(tail)
             elif worker.item is not None and int(head) == worker.request_id:
-                results[worker.item] = tail == "1"
+                results[worker.item] = json.loads(tail)
                 busy.pop(worker.item, None)
                 worker.item = None
             # anything else is the late answer of a child that was killed for overrunning

@@ -11,7 +11,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.metrics.math import extract_answer, majority_vote, math_equal
+from harness.metrics.math import majority_vote, math_equal, math_reward, verify_completions
 from harness.registry import expand, get_task
 from harness.tasks import math as math_tasks
 
@@ -81,14 +81,17 @@ def test_gold_answers_follow_each_data_set_schema():
 
 
 def test_scores_mark_correct_answers_and_fallback_extractions():
-    golds = ["0.5", "18", "18", "3", "x^2+2x+1"]
+    golds = ["0.5", "18", "18", "3", "x^2+2x+1", "18"]
     completions = ["so \\boxed{\\frac{1}{2}}", "the answer is 18", "I get \\boxed{17}, then 18", "no idea",
-                   "expanding, \\boxed{(x+1)^2}"]
-    scores = math_tasks.verify(golds, completions)
-    assert [s["correct"] for s in scores] == [1.0, 1.0, 0.0, 0.0, 1.0]  # the boxed 17 wins over a later 18
-    assert [s["fallback"] for s in scores] == [0.0, 1.0, 0.0, 0.0, 0.0]
+                   "expanding, \\boxed{(x+1)^2}", "it is item18"]  # math-verify reads no answer in the last
+    task = get_task("math500")
+    scores = task.score_many([({"answer": gold}, text) for gold, text in zip(golds, completions)])
+    assert [s["correct"] for s in scores] == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0]  # the boxed 17 wins over a later 18
+    assert [s["fallback"] for s in scores] == [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    methods = [task.annotate({"answer": gold}, text)["method"] for gold, text in zip(golds, completions)]
+    assert methods == ["boxed", "math_verify", "boxed", "none", "math_verify", "last_number"]
     assert math_tasks.fallback_rate([{"scores": {"fallback": [s["fallback"] for s in scores]}}]) == {
-        "fallback_rate": pytest.approx(20.0)}
+        "fallback_rate": pytest.approx(100 / 6)}
 
 
 def test_defaults_sample_32_times_on_aime_and_amc_and_decode_greedily_elsewhere():
@@ -153,10 +156,12 @@ def test_suite_runs_end_to_end_on_every_data_set(tiny, shared_data, tmp_path):
         for sample in samples:
             extracted = sample["annotations"]["extracted"]
             assert len(sample["predictions"]) == len(extracted) == len(sample["scores"]["correct"]) == 2
-            assert extracted == [extract_answer(p)[0] for p in sample["predictions"]]
-            assert sample["annotations"]["method"] == [extract_answer(p)[1] for p in sample["predictions"]]
             gold = sample["references"][0]
-            assert sample["scores"]["correct"] == [float(a is not None and math_equal(gold, a)) for a in extracted]
+            verdicts = verify_completions([(gold, p) for p in sample["predictions"]])
+            assert extracted == [v.extracted for v in verdicts]
+            assert sample["annotations"]["method"] == [v.method for v in verdicts]
+            assert sample["scores"]["correct"] == [float(v.correct) for v in verdicts]
+            assert sample["scores"]["correct"] == [math_reward(gold, p) for p in sample["predictions"]]
             assert "extracted" not in sample["scores"] and "method" not in sample["scores"]
     _, samples = read_task(tmp_path, "m", "gsm8k")
     assert samples[0]["references"] == ["18"]
