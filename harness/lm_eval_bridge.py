@@ -4,7 +4,9 @@
 by a YAML file in the include folder. The include folder is the run's data folder (`--data-dir`, else
 `HARNESS_DATA_DIR`): its YAML files are indexed first, and lm-eval's own registry (about 40 s to index on two CPU
 cores) is only read when the name is not found there. Such tasks load their own data, so the runner reads no rows
-for them.
+for them. Two rules keep a data folder from acting behind the user's back: a folder task whose YAML (or a YAML it
+includes) calls Python through `!function` runs only with `--trust-remote-code`, and a folder task named like a
+task of lm-eval's registry is refused (rename it), so a result labelled `lm_eval:arc_easy` is always lm-eval's.
 
 Two pieces: `HarnessLM`, an `lm_eval.api.model.LM` that answers lm-eval's three request types with one of our
 backends, and `lm_eval_task`, a `Task` whose `evaluate` hook runs `simple_evaluate` for that one task and turns
@@ -19,8 +21,10 @@ Sampled generations use the request's repeat index as seed, so a sample never de
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +94,59 @@ class HarnessLM(LM):
 # ----- lm-eval tasks as our tasks ---------------------------------------------------------------------------------
 
 
-def task_manager(name: str, include: str | Path | None):
+_TASK_NAME = re.compile(r"^task:\s*['\"]?([^\s'\"#]+)", re.MULTILINE)
+
+
+@functools.cache
+def registry_task_names() -> frozenset[str]:
+    """The `task:` names of lm-eval's own YAML files, read as text (a few seconds; lm-eval's index takes ~40 s)."""
+    import lm_eval.tasks
+
+    root = Path(lm_eval.tasks.__file__).parent
+    return frozenset(name for path in root.rglob("*.yaml")
+                     for name in _TASK_NAME.findall(path.read_text(encoding="utf-8", errors="replace")))
+
+
+def python_calls(yaml_path: Path) -> list[Path]:
+    """The YAML files in `yaml_path`'s include chain that call Python (`!function`), lm-eval's own files aside."""
+    import lm_eval.tasks
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    own = Path(lm_eval.tasks.__file__).parent.resolve()
+    found, todo, seen = [], [Path(yaml_path).resolve()], set()
+    while todo:
+        path = todo.pop()
+        if path in seen or own in path.parents:
+            continue
+        seen.add(path)
+        if "!function" in path.read_text(encoding="utf-8", errors="replace"):
+            found.append(path)
+        includes = load_yaml(path, resolve_func=False, recursive=False).get("include") or []
+        for include in [includes] if isinstance(includes, str) else includes:
+            todo.append((path.parent / include).resolve())
+    return found
+
+
+def _check_folder_task(local, name: str, include: Path, trust_remote_code: bool) -> None:
+    yaml_path = local.task_index[name].yaml_path
+    where = yaml_path or include
+    if name in registry_task_names():
+        raise HarnessError(f"{where} defines task {name!r}, which is also a task of lm-eval's registry: rename it "
+                           f"(e.g. `task: {name}_local`) so its results are not taken for lm-eval's")
+    calls = python_calls(yaml_path) if yaml_path else []
+    if calls and not trust_remote_code:
+        raise HarnessError(f"task {name!r} runs Python from the data folder ({calls[0]} uses !function): pass "
+                           "--trust-remote-code if you trust that code")
+
+
+def task_manager(name: str, include: str | Path | None, trust_remote_code: bool = False):
     """A TaskManager that knows `name`: the include folder alone when it defines it, else lm-eval's registry too."""
     from lm_eval.tasks import TaskManager
 
     if include is not None:
         local = TaskManager(include_path=str(include), include_defaults=False)
         if name in local.all_tasks:
+            _check_folder_task(local, name, Path(include), trust_remote_code)
             return local
     manager = TaskManager(include_path=str(include) if include else None)
     if name not in manager.all_tasks:
@@ -161,12 +211,12 @@ def run_lm_eval(manager, name: str, context: EvalContext) -> TaskResult:
     return TaskResult(samples=samples, metrics=plain_metrics(raw), details=details)
 
 
-def lm_eval_task(name: str, data_dir: str | Path | None) -> Task:
+def lm_eval_task(name: str, data_dir: str | Path | None, trust_remote_code: bool = False) -> Task:
     """Our Task for lm-eval task `name`; the name is checked (and the main metric found) before any model loads."""
     include = Path(data_dir).expanduser() if data_dir else None
     if include is not None and not include.is_dir():
         raise HarnessError(f"--data-dir {include} is not a folder: pass the folder holding the task's YAML file")
-    manager = task_manager(name, include)
+    manager = task_manager(name, include, trust_remote_code)
     return Task(
         name=f"lm_eval:{name}",
         description=f"lm-evaluation-harness task {name}",

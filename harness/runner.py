@@ -90,7 +90,7 @@ def plan(config: EvalConfig) -> list[tuple[Task, list[Doc]]]:
         if name.startswith(LM_EVAL_PREFIX):
             from harness.lm_eval_bridge import lm_eval_task
 
-            task = lm_eval_task(name[len(LM_EVAL_PREFIX) :], data_dir)
+            task = lm_eval_task(name[len(LM_EVAL_PREFIX) :], data_dir, config.trust_remote_code)
         else:
             task = get_task(name)
         if task.needs_teacher and config.teacher is None:

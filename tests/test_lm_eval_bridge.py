@@ -167,3 +167,48 @@ def test_include_folder_is_searched_before_lm_eval_registry(task_dir, tmp_path):
         lm_eval_task("bridge_mc", tmp_path / "missing")
     # A task defined in the folder must not pay for indexing lm-eval's thousands of built-in YAML files.
     assert sorted(task_manager("bridge_mc", task_dir).all_tasks) == ["bridge_gen", "bridge_mc"]
+
+
+FUNCTION_YAML = """\
+include: base.yaml
+task: bridge_fn
+process_docs: !function utils.process_docs
+"""
+PLANTED_CODE = """\
+from pathlib import Path
+
+Path(__file__).with_name("ran").write_text("planted code ran")
+
+
+def process_docs(dataset):
+    return dataset
+"""
+
+
+def test_folder_python_runs_only_with_trust_remote_code(task_dir, tmp_path):
+    from harness.lm_eval_bridge import lm_eval_task
+
+    (tmp_path / "base.yaml").write_text(MC_YAML.format(data=task_dir / "mc.jsonl").replace("bridge_mc", "base"))
+    (tmp_path / "bridge_fn.yaml").write_text(FUNCTION_YAML)
+    (tmp_path / "utils.py").write_text(PLANTED_CODE)
+    with pytest.raises(HarnessError, match="--trust-remote-code") as error:
+        lm_eval_task("bridge_fn", tmp_path)
+    assert "bridge_fn.yaml" in str(error.value)
+    assert not (tmp_path / "ran").exists()
+    # the include chain counts too: a task whose base YAML calls Python
+    (tmp_path / "base.yaml").write_text(MC_YAML.format(data=task_dir / "mc.jsonl").replace("bridge_mc", "base")
+                                        + "process_docs: !function utils.process_docs\n")
+    (tmp_path / "bridge_inc.yaml").write_text("include: base.yaml\ntask: bridge_inc\n")
+    with pytest.raises(HarnessError, match="base.yaml uses !function"):
+        lm_eval_task("bridge_inc", tmp_path)
+    assert not (tmp_path / "ran").exists()
+    assert lm_eval_task("bridge_fn", tmp_path, trust_remote_code=True).main_metric == "acc"
+    assert (tmp_path / "ran").exists()  # said so: the code runs
+
+
+def test_folder_task_named_like_a_registry_task_is_refused(task_dir, tmp_path):
+    from harness.lm_eval_bridge import lm_eval_task
+
+    (tmp_path / "arc_easy.yaml").write_text(MC_YAML.format(data=task_dir / "mc.jsonl").replace("bridge_mc", "arc_easy"))
+    with pytest.raises(HarnessError, match="also a task of lm-eval's registry: rename it"):
+        lm_eval_task("arc_easy", tmp_path)
