@@ -60,7 +60,12 @@ _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingSettings)}
 
 def sampling_for(task: Task, config: EvalConfig) -> SamplingSettings:
     assert task.sampling is not None
-    changes = dict(config.gen_kwargs)
+    return apply_gen_kwargs(task.sampling, config.gen_kwargs)
+
+
+def apply_gen_kwargs(sampling: SamplingSettings, gen_kwargs: dict[str, Any]) -> SamplingSettings:
+    """`sampling` with the --gen-kwargs overrides applied; an unknown key is a user error."""
+    changes = dict(gen_kwargs)
     if "do_sample" in changes:  # the transformers spelling of greedy decoding
         if not changes.pop("do_sample"):
             changes["temperature"] = 0.0
@@ -69,7 +74,7 @@ def sampling_for(task: Task, config: EvalConfig) -> SamplingSettings:
         raise HarnessError(f"unknown --gen-kwargs key {unknown[0]!r}: use {', '.join(sorted(_SAMPLING_FIELDS))}")
     if isinstance(changes.get("stop"), str):
         changes["stop"] = (changes["stop"],)
-    return task.sampling.replace(**changes)
+    return sampling.replace(**changes)
 
 
 def seeds_for(task: Task, config: EvalConfig, sampling: SamplingSettings) -> tuple[int, ...]:
@@ -95,8 +100,8 @@ def plan(config: EvalConfig) -> list[tuple[Task, list[Doc]]]:
             task = get_task(name)
         if task.needs_teacher and config.teacher is None:
             raise HarnessError(f"task {name} compares the model with a teacher: pass --teacher CKPT")
-        if task.sampling is not None:
-            sampling_for(task, config)  # a bad --gen-kwargs fails here, before the model loads
+        if task.sampling is not None or task.data.external:
+            apply_gen_kwargs(task.sampling or SamplingSettings(), config.gen_kwargs)  # bad keys fail before loading
         planned.append((task, load_docs(task, data_dir, config.limit)))
     return planned
 
@@ -283,7 +288,7 @@ def evaluate(config: EvalConfig) -> list[Path]:
     try:
         for (task, docs), folder in zip(planned, folders):
             if task.evaluate is not None:
-                result = task.evaluate(EvalContext(backend, docs, config, teacher))
+                result = task.evaluate(EvalContext(backend, docs, config, teacher, cache))
             else:
                 result = score_task(task, docs, backend, cache, config)
             written.append(write_result(folder, task, result, backend, name, config))

@@ -35,7 +35,8 @@ from typing import Any
 
 from harness.backends.base import SamplingSettings
 from harness.metrics.math import Verdict, extract_answer, gsm8k_gold, math_equal_many, verify_completions
-from harness.metrics.passk import mean_pass_at_k
+from harness.metrics.passk import pass_at_k
+from harness.metrics.stats import with_uncertainty
 from harness.registry import register_task
 from harness.task import DataSource, Doc, Task, sample_mean
 
@@ -105,12 +106,12 @@ def pass_ks(n: int) -> list[int]:
     return ks if ks[-1] == n else [*ks, n]
 
 
-def avg_and_pass_at_k(samples: list[Record]) -> dict[str, float]:
+def avg_and_pass_at_k(samples: list[Record]) -> dict[str, Any]:
     counts = correct_counts(samples)
     n = min(drawn for drawn, _ in counts)  # every document gets the same seeds, so this is every document's n
-    found = {f"avg@{n}": 100.0 * sum(c / drawn for drawn, c in counts) / len(counts), "num_samples": float(n)}
+    found = {**with_uncertainty(f"avg@{n}", [c / drawn for drawn, c in counts], 100.0), "num_samples": float(n)}
     for k in pass_ks(n):
-        found[f"pass@{k}"] = 100.0 * mean_pass_at_k(counts, k)
+        found.update(with_uncertainty(f"pass@{k}", [pass_at_k(drawn, c, k) for drawn, c in counts], 100.0))
     return found
 
 
@@ -148,15 +149,15 @@ def _majority_is_correct(sample: Record, distinct: list[str], equal: Callable[[i
     return bool(sample["scores"]["correct"][first])
 
 
-def fallback_rate(samples: list[Record]) -> dict[str, float]:
-    """Percent of predictions whose answer is the last number, not a boxed one."""
-    return {"fallback_rate": sample_mean("fallback", 100.0)(samples)["fallback"]}
+def fallback_rate(samples: list[Record]) -> dict[str, Any]:
+    """Percent of predictions whose answer is the last number (math-verify read none)."""
+    found = sample_mean("fallback", 100.0)(samples)
+    return {key.replace("fallback", "fallback_rate", 1): value for key, value in found.items()}
 
 
-def majority_at_k(samples: list[Record]) -> dict[str, float]:
+def majority_at_k(samples: list[Record]) -> dict[str, Any]:
     n = min(drawn for drawn, _ in correct_counts(samples))
-    results = majority_correct(samples)
-    return {f"maj@{n}": 100.0 * sum(results) / len(results)}
+    return with_uncertainty(f"maj@{n}", [float(right) for right in majority_correct(samples)], 100.0)
 
 
 # ----- tasks -----------------------------------------------------------------------------------------------------

@@ -102,7 +102,9 @@ def test_multiple_choice_matches_hflm(ours, peer):
     result, samples = read(ours / "lm_eval_bridge_mc")
     expected = peer[1]["results"]["bridge_mc"]
     assert result["task"] == "lm_eval:bridge_mc" and result["main_metric"] == "acc"
-    assert result["metrics"] == pytest.approx({"acc": expected["acc,none"], "acc_stderr": expected["acc_stderr,none"]})
+    acc, stderr = 100 * expected["acc,none"], 100 * expected["acc_stderr,none"]  # lm-eval's, in percent
+    assert result["metrics"] == pytest.approx({"acc": acc, "acc_stderr": stderr,
+                                               "acc_ci95": [acc - 1.96 * stderr, acc + 1.96 * stderr]}, abs=1e-3)
     assert result["num_docs"] == len(samples) == 10
     for sample, logged in zip(samples, peer[1]["samples"]["bridge_mc"]):
         assert sample["doc_id"] == logged["doc_id"] and sample["prompt"] == logged["arguments"][0][0]
@@ -111,7 +113,7 @@ def test_multiple_choice_matches_hflm(ours, peer):
         assert sample["scores"] == {"acc": [logged["acc"]]}
     assert samples[1]["references"] == ["1"]  # row 1: answer index 1 is the option " 1"
     board = {(entry.task, entry.main) for entry in load_entries(ours.parent)}
-    assert ("lm_eval:bridge_mc", expected["acc,none"]) in board
+    assert any(task == "lm_eval:bridge_mc" and main == pytest.approx(acc) for task, main in board)
 
 
 @pytest.mark.slow
@@ -119,7 +121,7 @@ def test_generation_matches_hflm(ours, peer):
     result, samples = read(ours / "lm_eval_bridge_gen")
     expected = peer[1]["results"]["bridge_gen"]
     assert result["main_metric"] == "exact_match"
-    assert result["metrics"]["exact_match"] == pytest.approx(expected["exact_match,none"])
+    assert result["metrics"]["exact_match"] == pytest.approx(100 * expected["exact_match,none"])
     predictions = [sample["predictions"][0] for sample in samples]
     assert predictions == [logged["filtered_resps"][0] for logged in peer[1]["samples"]["bridge_gen"]]
     assert any(predictions) and samples[2]["references"] == [" 3 is"]
@@ -212,3 +214,76 @@ def test_folder_task_named_like_a_registry_task_is_refused(task_dir, tmp_path):
     (tmp_path / "arc_easy.yaml").write_text(MC_YAML.format(data=task_dir / "mc.jsonl").replace("bridge_mc", "arc_easy"))
     with pytest.raises(HarnessError, match="also a task of lm-eval's registry: rename it"):
         lm_eval_task("arc_easy", tmp_path)
+
+
+class CountingBackend:
+    """A real backend with every request it answers recorded, to see what reaches the model."""
+
+    def __init__(self, inner):
+        self.inner, self.identity, self.name = inner, inner.identity, inner.name
+        self.chunk_size = 4
+        self.generated: list = []
+        self.scored: list = []
+
+    def generate(self, requests, progress=True):
+        self.generated += requests
+        return self.inner.generate(requests, progress=False)
+
+    def loglikelihood(self, requests, progress=True):
+        self.scored += requests
+        return self.inner.loglikelihood(requests, progress=False)
+
+    def token_logprobs(self, requests, progress=True, move_whitespace=True):
+        return self.inner.token_logprobs(requests, progress=False, move_whitespace=move_whitespace)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def real_backend(random_model):
+    from harness.backends import load
+
+    with load(str(random_model), device="cpu", batch_size=4, dtype="float32") as backend:
+        yield backend
+
+
+@pytest.fixture
+def counting(monkeypatch, real_backend):
+    from harness import runner
+
+    made: list[CountingBackend] = []
+
+    def load(model, backend="hf", **options):
+        made.append(CountingBackend(real_backend))
+        return made[-1]
+
+    monkeypatch.setattr(runner, "load", load)
+    return made
+
+
+def bridged(task_dir, root, **changes):
+    config = EvalConfig(model="unused", tasks="lm_eval:bridge_mc,lm_eval:bridge_gen", data_dir=str(task_dir),
+                        output_dir=str(root), name="random", progress=False, **changes)
+    return [json.loads(path.read_text())["metrics"] for path in evaluate(config)]
+
+
+def test_lm_eval_requests_go_through_the_cache(task_dir, tmp_path, counting, monkeypatch):
+    monkeypatch.setattr("harness.runner.check_local", lambda model: None)
+    first = bridged(task_dir, tmp_path)
+    assert len(counting[0].scored) == 40 and len(counting[0].generated) == 6  # 10 docs x 4 options, 6 docs
+    second = bridged(task_dir, tmp_path, overwrite=True)
+    assert counting[1].scored == [] and counting[1].generated == []  # a rerun recomputes nothing
+    assert first == second
+
+
+def test_samples_seeds_and_gen_kwargs_reach_lm_eval_requests(task_dir, tmp_path, counting, monkeypatch):
+    monkeypatch.setattr("harness.runner.check_local", lambda model: None)
+    bridged(task_dir, tmp_path, samples=3, seeds=(5,), gen_kwargs={"temperature": 0.7, "max_new_tokens": 3})
+    generated = counting[0].generated
+    assert len(generated) == 6 * 3  # lm-eval's `repeats` from --samples
+    assert sorted({request.seed for request in generated}) == [5, 6, 7]
+    assert {(r.settings.temperature, r.settings.max_new_tokens, r.settings.stop) for r in generated} == {
+        (0.7, 3, (" 7",))}  # the task's own `until` stays
+    with pytest.raises(HarnessError, match="unknown --gen-kwargs key 'temprature'"):
+        bridged(task_dir, tmp_path, gen_kwargs={"temprature": 0.7})

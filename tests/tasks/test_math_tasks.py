@@ -4,7 +4,9 @@ chat-template prompt, and an end-to-end `harness eval --tasks math` over a few r
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,10 @@ def record(extracted: list[str | None], correct: list[int]) -> dict:
 
 def test_one_correct_of_four_gives_the_unbiased_pass_at_k():
     metrics = math_tasks.avg_and_pass_at_k([record(["1", "2", "3", "4"], [0, 0, 1, 0])])
-    assert metrics == pytest.approx({"avg@4": 25.0, "num_samples": 4.0, "pass@1": 25.0, "pass@2": 50.0,
-                                     "pass@4": 100.0})
+    values = {name: value for name, value in metrics.items() if not name.endswith(("_stderr", "_ci95"))}
+    assert values == pytest.approx({"avg@4": 25.0, "num_samples": 4.0, "pass@1": 25.0, "pass@2": 50.0,
+                                    "pass@4": 100.0})
+    assert metrics["pass@1_stderr"] == 0.0  # one problem: no spread over documents
 
 
 def test_avg_at_k_averages_problems_and_equals_pass_at_1():
@@ -38,6 +42,11 @@ def test_avg_at_k_averages_problems_and_equals_pass_at_1():
     assert metrics["avg@4"] == pytest.approx((25 + 100 + 0) / 3)
     assert metrics["pass@1"] == pytest.approx(metrics["avg@4"])
     assert metrics["pass@2"] == pytest.approx((50 + 100 + 0) / 3)
+    stderr = statistics.stdev([25, 100, 0]) / math.sqrt(3)  # over problems, of each problem's avg@4
+    assert metrics["avg@4_stderr"] == pytest.approx(stderr) and metrics["pass@1_stderr"] == pytest.approx(stderr)
+    low, high = metrics["pass@1_ci95"]
+    assert (low + high) / 2 == pytest.approx(metrics["pass@1"]) and high - low == pytest.approx(2 * 1.96 * stderr,
+                                                                                              rel=1e-3)
 
 
 @pytest.mark.parametrize(("n", "ks"), [(1, [1]), (2, [1, 2]), (5, [1, 2, 4, 5]), (32, [1, 2, 4, 8, 16, 32])])
@@ -63,7 +72,8 @@ def test_majority_vote_matches_the_verifier_reference_one_by_one():
     expected = [majority_vote(answers, gold) for answers, gold in MAJORITY_CASES]
     assert expected == [False, True, False, True, True, False, True]
     assert math_tasks.majority_correct(samples) == expected
-    assert math_tasks.majority_at_k(samples[2:4]) == {"maj@2": pytest.approx(50.0)}
+    found = math_tasks.majority_at_k(samples[2:4])
+    assert found["maj@2"] == pytest.approx(50.0) and found["maj@2_stderr"] == pytest.approx(50.0)  # one of two
 
 
 # ----- gold answers and scoring ----------------------------------------------------------------------------------
