@@ -287,3 +287,28 @@ def test_samples_seeds_and_gen_kwargs_reach_lm_eval_requests(task_dir, tmp_path,
         (0.7, 3, (" 7",))}  # the task's own `until` stays
     with pytest.raises(HarnessError, match="unknown --gen-kwargs key 'temprature'"):
         bridged(task_dir, tmp_path, gen_kwargs={"temprature": 0.7})
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_finishes_an_lm_eval_task_without_recomputing(random_model, tmp_path):
+    from test_cli import harness, kill_after_cached  # the CLI's own kill -9 check, on an lm-eval task
+
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    rows = write_jsonl(folder / "long.jsonl", [{"question": f"Count from {i}:", "answer": f" {i + 1}"}
+                                              for i in range(40)])
+    (folder / "bridge_long.yaml").write_text(GEN_YAML.format(data=rows).replace("bridge_gen", "bridge_long")
+                                             .replace("max_gen_toks: 10", "max_gen_toks: 16").replace('[" 7"]', "[]"))
+    args = ["eval", "--model", str(random_model), "--tasks", "lm_eval:bridge_long", "--data-dir", str(folder),
+            "--batch-size", "1", "--name", "rand"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    done_before = kill_after_cached(args, killed, 8)
+    assert 0 < done_before < 40, "the kill must land in the middle of the run"
+    resumed = harness(*args, "--output-dir", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming, {done_before} of 40 generations found in the cache" in resumed.stderr
+    uninterrupted = harness(*args, "--output-dir", str(clean))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    (result, samples), (clean_result, clean_samples) = (read(root / "rand" / "lm_eval_bridge_long")
+                                                        for root in (killed, clean))
+    assert samples == clean_samples and result["metrics"] == clean_result["metrics"]
