@@ -117,12 +117,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def print_summary(paths) -> None:
     import json
 
+    from harness.metrics.stats import format_score
+
     for path in paths:
         record = json.loads(path.read_text())
         main = record["main_metric"]
-        value = record["metrics"].get(main)
-        spread = record["metrics"].get(f"{main}_std")
-        shown = f"{value:.2f}" + (f" ± {spread:.2f}" if spread else "") if value is not None else "n/a"
+        shown = format_score(record["metrics"], main)
         print(f"{record['model']:<24} {record['task']:<16} {main} {shown:<16} {path}")
 
 
@@ -162,6 +162,14 @@ def cmd_report(args: argparse.Namespace) -> None:
         register_length_baseline(args.baseline)
     for path in write_leaderboard(root):
         print(path)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from harness.compare import compare_runs, format_comparison
+
+    tasks = [task for task in args.tasks.split(",") if task.strip()] if args.tasks else None
+    rows = compare_runs(Path(args.run_a), Path(args.run_b), tasks, args.metric, args.seed)
+    print(format_comparison(Path(args.run_a).name, Path(args.run_b).name, rows))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -224,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     report = command("report", cmd_report, "write leaderboard.md and leaderboard.html from every results.json")
     report.add_argument("--output-dir", default="runs", help="results root to read (default: runs)")
     report.add_argument("--baseline", help="model name to subtract in the ROUGE-L-per-length figure, e.g. sft@80")
+    compare = command("compare", cmd_compare, "paired differences of two models on the same documents: mean "
+                      "difference, 95% paired-bootstrap interval and permutation p-value per task",
+                      epilog="example:\n  harness compare runs/student runs/teacher --tasks dolly,gsm8k",
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_argument("run_a", help="results folder of model A, e.g. runs/student")
+    compare.add_argument("run_b", help="results folder of model B, e.g. runs/teacher")
+    compare.add_argument("--tasks", help="tasks to compare, comma-separated (default: every task both runs hold)")
+    compare.add_argument("--metric", help="metric to compare (default: each task's main metric)")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and permutation draws")
     training = command("train", cmd_train, "train a student with a recipe and save HF checkpoints")
     _add_train_arguments(training)
     training.add_argument("--show-config", action="store_true",

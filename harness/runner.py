@@ -64,7 +64,12 @@ _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingSettings)}
 
 def sampling_for(task: Task, config: EvalConfig) -> SamplingSettings:
     assert task.sampling is not None
-    changes = dict(config.gen_kwargs)
+    return apply_gen_kwargs(task.sampling, config.gen_kwargs)
+
+
+def apply_gen_kwargs(sampling: SamplingSettings, gen_kwargs: dict[str, Any]) -> SamplingSettings:
+    """`sampling` with the --gen-kwargs overrides applied; an unknown key is a user error."""
+    changes = dict(gen_kwargs)
     if "do_sample" in changes:  # the transformers spelling of greedy decoding
         do_sample = changes.pop("do_sample")
         if not isinstance(do_sample, bool):
@@ -78,7 +83,7 @@ def sampling_for(task: Task, config: EvalConfig) -> SamplingSettings:
         changes["stop"] = (changes["stop"],)
     elif isinstance(changes.get("stop"), list):
         changes["stop"] = tuple(changes["stop"])
-    settings = task.sampling.replace(**changes)
+    settings = sampling.replace(**changes)
     check_sampling(settings)
     return settings
 
@@ -122,11 +127,11 @@ def plan(config: EvalConfig) -> list[Planned]:
     names = expand(config.tasks, with_teacher=config.teacher is not None)
     planned, missing = [], []
     for name in names:
-        task = resolve_task(name, data_dir)
+        task = resolve_task(name, data_dir, config.trust_remote_code)
         if task.needs_teacher and config.teacher is None:
             raise HarnessError(f"task {name} compares the model with a teacher: pass --teacher CKPT")
-        if task.sampling is not None:
-            sampling_for(task, config)  # a bad --gen-kwargs fails here, before the model loads
+        if task.sampling is not None or task.data.external:
+            apply_gen_kwargs(task.sampling or SamplingSettings(), config.gen_kwargs)  # bad keys fail before loading
         try:
             planned.append(plan_task(task, config, data_dir))
         except MissingData as error:
@@ -137,11 +142,11 @@ def plan(config: EvalConfig) -> list[Planned]:
     return planned
 
 
-def resolve_task(name: str, data_dir: str | None) -> Task:
+def resolve_task(name: str, data_dir: str | None, trust_remote_code: bool = False) -> Task:
     if name.startswith(LM_EVAL_PREFIX):
         from harness.lm_eval_bridge import lm_eval_task
 
-        return lm_eval_task(name[len(LM_EVAL_PREFIX) :], data_dir)
+        return lm_eval_task(name[len(LM_EVAL_PREFIX) :], data_dir, trust_remote_code)
     return get_task(name)
 
 
@@ -421,7 +426,7 @@ def evaluate(config: EvalConfig) -> list[Path]:
                 store.check_owner(folder, backend.identity, config.overwrite)
             for item, folder in zip(planned, folders):
                 if item.task.evaluate is not None:
-                    result = item.task.evaluate(EvalContext(backend, item.docs, config, teacher))
+                    result = item.task.evaluate(EvalContext(backend, item.docs, config, teacher, cache))
                 else:
                     result = score_task(item, backend, cache, config)
                 written.append(write_result(folder, item.task, result, backend, name, config))

@@ -23,6 +23,7 @@ from typing import Any
 
 from harness.backends.base import SamplingSettings
 from harness.errors import HarnessError
+from harness.metrics.stats import with_uncertainty
 
 Doc = dict[str, Any]
 # Per document, per metric name, one score per prediction (seed or sample).
@@ -135,6 +136,7 @@ class EvalContext:
     docs: list[Doc]
     settings: Any  # the EvalConfig of the run
     teacher: Any = None  # a second backend, for tasks that compare two models
+    cache: Any = None  # the run's generation cache (store.GenerationCache), for tasks that ask the model themselves
 
 
 @dataclass(frozen=True)
@@ -179,14 +181,16 @@ class Task:
 
 
 def seed_mean(name: str, scale: float = 100.0) -> Metric:
-    """Corpus mean per seed, then mean and spread across seeds (MiniLLM reports 5 seeds this way)."""
+    """Corpus mean per seed, then mean and spread across seeds (MiniLLM reports 5 seeds this way); the standard
+    error and 95% interval are over documents, of each document's mean across seeds."""
 
     def metric(samples: list[dict[str, Any]]) -> dict[str, float]:
         scores = [sample["scores"] for sample in samples]
         seeds = len(scores[0][name])
         per_seed = [statistics.fmean(doc[name][seed] for doc in scores) * scale for seed in range(seeds)]
         spread = statistics.pstdev(per_seed) if seeds > 1 else 0.0
-        return {name: statistics.fmean(per_seed), f"{name}_std": spread}
+        per_doc = [statistics.fmean(doc[name]) for doc in scores]
+        return {**with_uncertainty(name, per_doc, scale), name: statistics.fmean(per_seed), f"{name}_std": spread}
 
     return metric
 
@@ -237,6 +241,7 @@ def sample_mean(name: str, scale: float = 1.0) -> Metric:
 
     def metric(samples: list[dict[str, Any]]) -> dict[str, float]:
         values = [value for sample in samples for value in sample["scores"][name]]
-        return {name: statistics.fmean(values) * scale}
+        per_doc = [statistics.fmean(sample["scores"][name]) for sample in samples]
+        return {**with_uncertainty(name, per_doc, scale), name: statistics.fmean(values) * scale}
 
     return metric

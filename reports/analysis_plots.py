@@ -64,7 +64,7 @@ def reliability_diagram(results: list[dict[str, Any]]) -> Figure | None:
                   markersize=3, label="bin mean")
         axes.plot([0, 1], [0, 1], "--", color="grey", label="calibrated")
         ece = result["metrics"].get("ece_equal_width")
-        suffix = f", ECE {ece:.3f} (equal-width)" if isinstance(ece, int | float) else ""
+        suffix = f", ECE {ece:.2f}% (equal-width)" if isinstance(ece, int | float) else ""
         axes.set_title(f"{display_name(result)}\n{result['task']}{suffix}", fontsize="small")
         axes.set_xlim(0, 1)
         axes.set_ylim(0, 1)

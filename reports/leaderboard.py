@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.metrics.stats import format_score, format_value
 from harness.registry import SuiteScore, get_suite, mean_of_tasks
 from harness.reports.plots import display_name, render_figures
 from harness.store import atomic_write
@@ -127,12 +128,11 @@ def load_entries(root: Path) -> list[Entry]:
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.2f}"
+    return format_value(value)
 
 
 def _with_std(metrics: dict[str, Any], name: str) -> str:
-    std = metrics.get(f"{name}_std")
-    return _fmt(metrics[name]) + (f" ± {_fmt(std)}" if _is_number(std) else "")
+    return format_score(metrics, name)
 
 
 @dataclass(frozen=True)
@@ -226,10 +226,11 @@ def main_table(board: Board) -> Table:
 
 
 def task_table(board: Board, task: str) -> Table:
-    """Every numeric metric of one task; `<name>_std` folds into its metric's cell as `± std`."""
+    """Every numeric metric of one task; `<name>_stderr` and `<name>_std` fold into its metric's cell."""
     entries = [board.cells[model, task] for model in board.models if (model, task) in board.cells]
     numeric = {name for e in entries for name, value in e.result["metrics"].items() if _is_number(value)}
-    shown = sorted(n for n in numeric if not (n.endswith("_std") and n[: -len("_std")] in numeric))
+    folded = ("_std", "_stderr")
+    shown = sorted(n for n in numeric if not any(n.endswith(s) and n[: -len(s)] in numeric for s in folded))
     main = entries[0].result["main_metric"]
     shown = [main, *(n for n in shown if n != main)]
     rows = []
@@ -257,7 +258,8 @@ def _intro(board: Board) -> str:
     order = "highest" if _higher_is_better(board, _sort_tasks(board)) else "lowest"
     return (f"Main metric per task, sorted by {sort_key} ({order} first). "
             "A suite average is shown only when the model has every task of the suite; "
-            "* marks a score over part of its board.")
+            "* marks a score over part of its board. Scores are in percent; "
+            "± is one standard error over documents (95% intervals in results.json), sd the spread over seeds.")
 
 
 def suite_parts_tables(board: Board) -> list[tuple[str, Table]]:

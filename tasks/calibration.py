@@ -4,8 +4,9 @@
 Protocol (MiniLLM, Gu et al. 2024, calibration analysis; ECE as HELM reports it): the model reads an instruction in
 the Alpaca template the MiniLLM models are trained on and answers with one of the label words; each label word is
 scored by its log-likelihood after the prompt, the prediction is the likeliest word, and its confidence is its
-probability renormalised over the label words. Metrics: accuracy (x100), ECE with 10 equal-mass bins (`ece`, the
-main metric; lower is better), 10 equal-width bins (`ece_equal_width`) and one bin (`ece_1bin`), all in [0, 1].
+probability renormalised over the label words. Metrics, all in percent: accuracy, ECE with 10 equal-mass bins
+(`ece`, the main metric; lower is better; its standard error and interval by a seeded bootstrap over documents),
+10 equal-width bins (`ece_equal_width`) and one bin (`ece_1bin`).
 Data: the GLUE SST-2 and SuperGLUE BoolQ validation splits (their test labels are hidden) from the hub ids
 `glue`/`sst2` and `super_glue`/`boolq`, or in a local folder laid out like shared/data: `sst2/stsa.binary.dev`
 (`<label> <sentence>` lines, the same 872 sentences) and `boolq/val.jsonl` (`question`, `passage`, `label` as
@@ -23,8 +24,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.data import read_label_lines, read_rows
 from harness.metrics.calibration import ece, reliability_bins
+from harness.metrics.stats import bootstrap_uncertainty, with_uncertainty
 from harness.registry import register_task
 from harness.store import atomic_write
 from harness.task import ChoicePrediction, DataSource, Doc, Task
@@ -74,14 +78,16 @@ def _gold_word(doc: Doc, options: list[str]) -> str:
     return doc["output"]
 
 
-def calibration_metrics(samples: list[dict[str, Any]]) -> dict[str, float]:
-    confidence = [c for s in samples for c in s["scores"]["confidence"]]
-    correct = [a for s in samples for a in s["scores"]["acc"]]
+def calibration_metrics(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    confidence = np.array([c for s in samples for c in s["scores"]["confidence"]])
+    correct = np.array([a for s in samples for a in s["scores"]["acc"]])
     return {
-        "acc": 100.0 * sum(correct) / len(correct),
-        "ece": ece(confidence, correct, N_BINS, "equal_mass"),
-        "ece_equal_width": ece(confidence, correct, N_BINS, "equal_width"),
-        "ece_1bin": ece(confidence, correct, 1),
+        **with_uncertainty("acc", correct, 100.0),
+        "ece": 100.0 * ece(confidence, correct, N_BINS, "equal_mass"),
+        **bootstrap_uncertainty("ece", lambda docs: 100.0 * ece(confidence[docs], correct[docs], N_BINS, "equal_mass"),
+                                len(correct)),
+        "ece_equal_width": 100.0 * ece(confidence, correct, N_BINS, "equal_width"),
+        "ece_1bin": 100.0 * ece(confidence, correct, 1),
         "num_predictions": float(len(correct)),
     }
 

@@ -3,10 +3,11 @@ and OlympiadBench, scored by the final answer.
 
 Protocol (eval-protocols section 4, as in the Qwen2.5-Math evaluation and the RLVR papers that reuse it, TRAPO
 among them): the problem, then "Please reason step by step, and put your final answer within \\boxed{}." as the
-plain prompt, or the same text as one user turn of the model's chat template (`--chat-template`). The answer is the
-last `\\boxed{}` of the completion; when there is none the last number is taken and counted as a fallback
-(`fallback_rate`; per prediction `method` in samples.jsonl). Answers are verified against the gold with
-`math_equal_many` (exact numbers, else math-verify in killable workers).
+plain prompt, or the same text as one user turn of the model's chat template (`--chat-template`). Each completion
+is judged against the gold as math-verify's parse + verify reads it (`verify_completions`, the function behind the
+RLVR `math_reward` too: a single boxed number exactly in-process, else math-verify in killable workers); only where
+math-verify finds no answer is the last number taken, counted as a fallback (`fallback_rate`; per prediction
+`method` in samples.jsonl).
 
 Sampling: AIME 2024, AIME 2025 and AMC 2023 draw 32 samples at temperature 0.6, top-p 0.95 (avg@32); the others
 decode greedily once (the Qwen2.5-Math style). All allow 2,048 new tokens; reasoning models need
@@ -33,8 +34,9 @@ from collections.abc import Callable
 from typing import Any
 
 from harness.backends.base import SamplingSettings
-from harness.metrics.math import extract_answer, gsm8k_gold, math_equal_many
-from harness.metrics.passk import mean_pass_at_k
+from harness.metrics.math import Verdict, extract_answer, gsm8k_gold, math_equal_many, verify_completions
+from harness.metrics.passk import pass_at_k
+from harness.metrics.stats import with_uncertainty
 from harness.registry import register_task
 from harness.task import DataSource, Doc, Task, sample_mean
 
@@ -86,19 +88,8 @@ def cot_prompt(field: str) -> Callable[[Doc], str]:
     return prompt
 
 
-def annotate(doc: Doc, prediction: str) -> dict[str, Any]:
-    answer, method = extract_answer(prediction)
-    return {"extracted": answer, "method": method}
-
-
-def verify(golds: list[str], predictions: list[str]) -> list[dict[str, float]]:
-    """Correctness and fallback flag of each prediction, all verified in one parallel call."""
-    extracted = [extract_answer(prediction) for prediction in predictions]
-    to_check = [i for i, (answer, _) in enumerate(extracted) if answer is not None]
-    verdicts = math_equal_many([(golds[i], extracted[i][0]) for i in to_check], timeout=VERIFY_TIMEOUT)
-    correct = dict(zip(to_check, verdicts))
-    return [{"correct": float(correct.get(i, False)), "fallback": float(method == "last_number")}
-            for i, (_, method) in enumerate(extracted)]
+def scores(verdict: Verdict) -> dict[str, float]:
+    return {"correct": float(verdict.correct), "fallback": float(verdict.method == "last_number")}
 
 
 # ----- metrics: per-document records -> numbers ------------------------------------------------------------------
@@ -115,12 +106,12 @@ def pass_ks(n: int) -> list[int]:
     return ks if ks[-1] == n else [*ks, n]
 
 
-def avg_and_pass_at_k(samples: list[Record]) -> dict[str, float]:
+def avg_and_pass_at_k(samples: list[Record]) -> dict[str, Any]:
     counts = correct_counts(samples)
     n = min(drawn for drawn, _ in counts)  # every document gets the same seeds, so this is every document's n
-    found = {f"avg@{n}": 100.0 * sum(c / drawn for drawn, c in counts) / len(counts), "num_samples": float(n)}
+    found = {**with_uncertainty(f"avg@{n}", [c / drawn for drawn, c in counts], 100.0), "num_samples": float(n)}
     for k in pass_ks(n):
-        found[f"pass@{k}"] = 100.0 * mean_pass_at_k(counts, k)
+        found.update(with_uncertainty(f"pass@{k}", [pass_at_k(drawn, c, k) for drawn, c in counts], 100.0))
     return found
 
 
@@ -158,15 +149,15 @@ def _majority_is_correct(sample: Record, distinct: list[str], equal: Callable[[i
     return bool(sample["scores"]["correct"][first])
 
 
-def fallback_rate(samples: list[Record]) -> dict[str, float]:
-    """Percent of predictions whose answer is the last number, not a boxed one."""
-    return {"fallback_rate": sample_mean("fallback", 100.0)(samples)["fallback"]}
+def fallback_rate(samples: list[Record]) -> dict[str, Any]:
+    """Percent of predictions whose answer is the last number (math-verify read none)."""
+    found = sample_mean("fallback", 100.0)(samples)
+    return {key.replace("fallback", "fallback_rate", 1): value for key, value in found.items()}
 
 
-def majority_at_k(samples: list[Record]) -> dict[str, float]:
+def majority_at_k(samples: list[Record]) -> dict[str, Any]:
     n = min(drawn for drawn, _ in correct_counts(samples))
-    results = majority_correct(samples)
-    return {f"maj@{n}": 100.0 * sum(results) / len(results)}
+    return with_uncertainty(f"maj@{n}", [float(right) for right in majority_correct(samples)], 100.0)
 
 
 # ----- tasks -----------------------------------------------------------------------------------------------------
@@ -175,9 +166,18 @@ def majority_at_k(samples: list[Record]) -> dict[str, float]:
 def math_task(name: str, description: str, data: DataSource, problem_field: str, gold: Callable[[Doc], str],
               sampled: bool) -> Task:
     """One benchmark of the suite; the seven differ in data, gold field and whether they sample 32 times."""
+    judged: dict[tuple[str, str], Verdict] = {}  # score_many's verdicts, read back for samples.jsonl
 
     def score_many(pairs: list[tuple[Doc, str]]) -> list[dict[str, float]]:
-        return verify([gold(doc) for doc, _ in pairs], [prediction for _, prediction in pairs])
+        keys = [(gold(doc), prediction) for doc, prediction in pairs]
+        verdicts = verify_completions(keys, timeout=VERIFY_TIMEOUT)  # all in one parallel call
+        judged.update(zip(keys, verdicts))
+        return [scores(verdict) for verdict in verdicts]
+
+    def annotate(doc: Doc, prediction: str) -> dict[str, Any]:
+        key = (gold(doc), prediction)
+        verdict = judged.get(key) or verify_completions([key], timeout=VERIFY_TIMEOUT)[0]
+        return {"extracted": verdict.extracted, "method": verdict.method}
 
     return Task(
         name=name,

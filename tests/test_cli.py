@@ -92,19 +92,24 @@ def cached_rows(root) -> int:
         return 0
 
 
+def kill_after_cached(args: list[str], root: Path, rows: int) -> int:
+    """Start `harness ARGS --output-dir ROOT`, `kill -9` it once `rows` answers are cached; the count cached then."""
+    process = subprocess.Popen([sys.executable, "-m", "harness", *args, "--output-dir", str(root)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while cached_rows(root) < rows and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return cached_rows(root)
+
+
 @pytest.mark.slow
 def test_kill_9_then_rerun_finishes_without_redoing_work(random_model, data_dir, tmp_path):
     args = ["eval", "--model", str(random_model), "--tasks", "dolly", "--data-dir", str(data_dir), "--batch-size",
             "2", "--gen-kwargs", "max_new_tokens=24"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    process = subprocess.Popen([sys.executable, "-m", "harness", *args, "--output-dir", str(killed)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while cached_rows(killed) < 16 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    done_before = cached_rows(killed)
+    done_before = kill_after_cached(args, killed, 16)
     assert 0 < done_before < 60, "the kill must land in the middle of the run"
     assert not (killed / "rand" / "dolly" / "results.json").exists()
 

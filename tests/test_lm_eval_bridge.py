@@ -102,7 +102,9 @@ def test_multiple_choice_matches_hflm(ours, peer):
     result, samples = read(ours / "lm_eval_bridge_mc")
     expected = peer[1]["results"]["bridge_mc"]
     assert result["task"] == "lm_eval:bridge_mc" and result["main_metric"] == "acc"
-    assert result["metrics"] == pytest.approx({"acc": expected["acc,none"], "acc_stderr": expected["acc_stderr,none"]})
+    acc, stderr = 100 * expected["acc,none"], 100 * expected["acc_stderr,none"]  # lm-eval's, in percent
+    assert result["metrics"] == pytest.approx({"acc": acc, "acc_stderr": stderr,
+                                               "acc_ci95": [acc - 1.96 * stderr, acc + 1.96 * stderr]}, abs=1e-3)
     assert result["num_docs"] == len(samples) == 10
     for sample, logged in zip(samples, peer[1]["samples"]["bridge_mc"]):
         assert sample["doc_id"] == logged["doc_id"] and sample["prompt"] == logged["arguments"][0][0]
@@ -111,7 +113,7 @@ def test_multiple_choice_matches_hflm(ours, peer):
         assert sample["scores"] == {"acc": [logged["acc"]]}
     assert samples[1]["references"] == ["1"]  # row 1: answer index 1 is the option " 1"
     board = {(entry.task, entry.main) for entry in load_entries(ours.parent)}
-    assert ("lm_eval:bridge_mc", expected["acc,none"]) in board
+    assert any(task == "lm_eval:bridge_mc" and main == pytest.approx(acc) for task, main in board)
 
 
 @pytest.mark.slow
@@ -119,7 +121,7 @@ def test_generation_matches_hflm(ours, peer):
     result, samples = read(ours / "lm_eval_bridge_gen")
     expected = peer[1]["results"]["bridge_gen"]
     assert result["main_metric"] == "exact_match"
-    assert result["metrics"]["exact_match"] == pytest.approx(expected["exact_match,none"])
+    assert result["metrics"]["exact_match"] == pytest.approx(100 * expected["exact_match,none"])
     predictions = [sample["predictions"][0] for sample in samples]
     assert predictions == [logged["filtered_resps"][0] for logged in peer[1]["samples"]["bridge_gen"]]
     assert any(predictions) and samples[2]["references"] == [" 3 is"]
@@ -167,3 +169,146 @@ def test_include_folder_is_searched_before_lm_eval_registry(task_dir, tmp_path):
         lm_eval_task("bridge_mc", tmp_path / "missing")
     # A task defined in the folder must not pay for indexing lm-eval's thousands of built-in YAML files.
     assert sorted(task_manager("bridge_mc", task_dir).all_tasks) == ["bridge_gen", "bridge_mc"]
+
+
+FUNCTION_YAML = """\
+include: base.yaml
+task: bridge_fn
+process_docs: !function utils.process_docs
+"""
+PLANTED_CODE = """\
+from pathlib import Path
+
+Path(__file__).with_name("ran").write_text("planted code ran")
+
+
+def process_docs(dataset):
+    return dataset
+"""
+
+
+def test_folder_python_runs_only_with_trust_remote_code(task_dir, tmp_path):
+    from harness.lm_eval_bridge import lm_eval_task
+
+    (tmp_path / "base.yaml").write_text(MC_YAML.format(data=task_dir / "mc.jsonl").replace("bridge_mc", "base"))
+    (tmp_path / "bridge_fn.yaml").write_text(FUNCTION_YAML)
+    (tmp_path / "utils.py").write_text(PLANTED_CODE)
+    with pytest.raises(HarnessError, match="--trust-remote-code") as error:
+        lm_eval_task("bridge_fn", tmp_path)
+    assert "bridge_fn.yaml" in str(error.value)
+    assert not (tmp_path / "ran").exists()
+    # the include chain counts too: a task whose base YAML calls Python
+    (tmp_path / "base.yaml").write_text(MC_YAML.format(data=task_dir / "mc.jsonl").replace("bridge_mc", "base")
+                                        + "process_docs: !function utils.process_docs\n")
+    (tmp_path / "bridge_inc.yaml").write_text("include: base.yaml\ntask: bridge_inc\n")
+    with pytest.raises(HarnessError, match="base.yaml uses !function"):
+        lm_eval_task("bridge_inc", tmp_path)
+    assert not (tmp_path / "ran").exists()
+    assert lm_eval_task("bridge_fn", tmp_path, trust_remote_code=True).main_metric == "acc"
+    assert (tmp_path / "ran").exists()  # said so: the code runs
+
+
+def test_folder_task_named_like_a_registry_task_is_refused(task_dir, tmp_path):
+    from harness.lm_eval_bridge import lm_eval_task
+
+    (tmp_path / "arc_easy.yaml").write_text(MC_YAML.format(data=task_dir / "mc.jsonl").replace("bridge_mc", "arc_easy"))
+    with pytest.raises(HarnessError, match="also a task of lm-eval's registry: rename it"):
+        lm_eval_task("arc_easy", tmp_path)
+
+
+class CountingBackend:
+    """A real backend with every request it answers recorded, to see what reaches the model."""
+
+    def __init__(self, inner):
+        self.inner, self.identity, self.name = inner, inner.identity, inner.name
+        self.chunk_size = 4
+        self.generated: list = []
+        self.scored: list = []
+
+    def generate(self, requests, progress=True):
+        self.generated += requests
+        return self.inner.generate(requests, progress=False)
+
+    def loglikelihood(self, requests, progress=True):
+        self.scored += requests
+        return self.inner.loglikelihood(requests, progress=False)
+
+    def token_logprobs(self, requests, progress=True, move_whitespace=True):
+        return self.inner.token_logprobs(requests, progress=False, move_whitespace=move_whitespace)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def real_backend(random_model):
+    from harness.backends import load
+
+    with load(str(random_model), device="cpu", batch_size=4, dtype="float32") as backend:
+        yield backend
+
+
+@pytest.fixture
+def counting(monkeypatch, real_backend):
+    from harness import runner
+
+    made: list[CountingBackend] = []
+
+    def load(model, backend="hf", **options):
+        made.append(CountingBackend(real_backend))
+        return made[-1]
+
+    monkeypatch.setattr(runner, "load", load)
+    return made
+
+
+def bridged(task_dir, root, **changes):
+    config = EvalConfig(model="unused", tasks="lm_eval:bridge_mc,lm_eval:bridge_gen", data_dir=str(task_dir),
+                        output_dir=str(root), name="random", progress=False, **changes)
+    return [json.loads(path.read_text())["metrics"] for path in evaluate(config)]
+
+
+def test_lm_eval_requests_go_through_the_cache(task_dir, tmp_path, counting, monkeypatch):
+    monkeypatch.setattr("harness.runner.check_local", lambda model: None)
+    first = bridged(task_dir, tmp_path)
+    assert len(counting[0].scored) == 40 and len(counting[0].generated) == 6  # 10 docs x 4 options, 6 docs
+    second = bridged(task_dir, tmp_path, overwrite=True)
+    assert counting[1].scored == [] and counting[1].generated == []  # a rerun recomputes nothing
+    assert first == second
+
+
+def test_samples_seeds_and_gen_kwargs_reach_lm_eval_requests(task_dir, tmp_path, counting, monkeypatch):
+    monkeypatch.setattr("harness.runner.check_local", lambda model: None)
+    bridged(task_dir, tmp_path, samples=3, seeds=(5,), gen_kwargs={"temperature": 0.7, "max_new_tokens": 3})
+    generated = counting[0].generated
+    assert len(generated) == 6 * 3  # lm-eval's `repeats` from --samples
+    assert sorted({request.seed for request in generated}) == [5, 6, 7]
+    assert {(r.settings.temperature, r.settings.max_new_tokens, r.settings.stop) for r in generated} == {
+        (0.7, 3, (" 7",))}  # the task's own `until` stays
+    with pytest.raises(HarnessError, match="unknown --gen-kwargs key 'temprature'"):
+        bridged(task_dir, tmp_path, gen_kwargs={"temprature": 0.7})
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_finishes_an_lm_eval_task_without_recomputing(random_model, tmp_path):
+    from test_cli import harness, kill_after_cached  # the CLI's own kill -9 check, on an lm-eval task
+
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    rows = write_jsonl(folder / "long.jsonl", [{"question": f"Count from {i}:", "answer": f" {i + 1}"}
+                                              for i in range(40)])
+    (folder / "bridge_long.yaml").write_text(GEN_YAML.format(data=rows).replace("bridge_gen", "bridge_long")
+                                             .replace("max_gen_toks: 10", "max_gen_toks: 16").replace('[" 7"]', "[]"))
+    args = ["eval", "--model", str(random_model), "--tasks", "lm_eval:bridge_long", "--data-dir", str(folder),
+            "--batch-size", "1", "--name", "rand"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    done_before = kill_after_cached(args, killed, 8)
+    assert 0 < done_before < 40, "the kill must land in the middle of the run"
+    resumed = harness(*args, "--output-dir", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming, {done_before} of 40 generations found in the cache" in resumed.stderr
+    uninterrupted = harness(*args, "--output-dir", str(clean))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    (result, samples), (clean_result, clean_samples) = (read(root / "rand" / "lm_eval_bridge_long")
+                                                        for root in (killed, clean))
+    assert samples == clean_samples and result["metrics"] == clean_result["metrics"]

@@ -35,7 +35,7 @@ class ReliabilityBin:
 def _check(confidences: Sequence[float], correct: Sequence[bool | float], n_bins: int, binning: str) -> None:
     if len(confidences) != len(correct):
         raise ValueError(f"{len(confidences)} confidences but {len(correct)} correctness flags; pair them 1:1")
-    if not confidences:
+    if len(confidences) == 0:  # not `not confidences`: numpy arrays have no truth value
         raise ValueError("calibration needs at least one prediction")
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1, got {n_bins}")

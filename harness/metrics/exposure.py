@@ -37,7 +37,7 @@ class ExAccErr:
 
 def mean_over_samples(samples: PromptErrors, length: int) -> list[float]:
     """Per-position error averaged over one prompt's samples, positions past a sample's end counting 0."""
-    if not samples:
+    if len(samples) == 0:
         raise ValueError("every prompt needs at least one sample")
     totals = [0.0] * length
     for errors in samples:
@@ -48,7 +48,7 @@ def mean_over_samples(samples: PromptErrors, length: int) -> list[float]:
 
 def accumulated_error(prompts: Sequence[PromptErrors], length: int) -> list[float]:
     """R(l) (or eps(l)) for l = 1..length: per-prompt cumulative sums of the sample-mean error, averaged."""
-    if not prompts:
+    if len(prompts) == 0:
         raise ValueError("accumulated error needs at least one prompt")
     curves = [list(accumulate(mean_over_samples(samples, length))) for samples in prompts]
     return [sum(curve[t] for curve in curves) / len(curves) for t in range(length)]

@@ -1,18 +1,29 @@
 """Math answer verification for RLVR benchmarks (GSM8K, MATH-500, AIME, AMC, Minerva, OlympiadBench).
 
-Spec: eval-protocols section 4. `extract_answer` takes the last balanced `\\boxed{}`/`\\fbox{}` (else the last
-number); `math_equal` decides equivalence with `math-verify` as the reference, in three stages:
+Spec: eval-protocols section 4, math-verify as the reference. Two entry points:
 
-1. normalise both strings (spacing commands, `\\left`, units, degrees, `$`, thousands commas) and settle plain
-   numbers, tuples and sets of numbers in-process, exactly (decimals to 6 places);
-2. otherwise run math-verify on the raw pair in a worker process with a hard timeout
-   (`math_pool`), so no input can hang the caller, from any thread or process;
-3. an input longer than `MAX_SYMBOLIC_CHARS` after normalisation never reaches sympy and is unequal.
+- `verify_completions` (and `math_reward`, the RLVR reward) judges whole completions as math-verify's `parse` +
+  `verify` (gold first) does: math-verify itself extracts the answer (boxed parts, an unboxed final answer in
+  LaTeX, relations, intervals, percentages). A completion with exactly one `\\boxed{}` holding a plain number,
+  tuple or set is settled in-process first (the same verdict, exact, microseconds). Only where math-verify finds no
+  answer at all is the last number of the text taken, and the verdict is flagged `last_number`.
+- `math_equal` decides equivalence of two extracted answers:
+  1. normalise both strings (spacing commands, `\\left`, units, degrees, `$`, thousands commas) and settle plain
+     numbers, tuples and sets of numbers in-process, exactly (decimals to 6 places);
+  2. otherwise run math-verify on the raw pair.
 
-Deliberate differences from math-verify: decimals equal to 6 places (and to 1e-6 relative, so that 1e-8 != 1e-9)
-are equal (math-verify says 1.0000001 != 1 because sympy >= 1.13 no longer equates Float and Integer), `4.5e33`
-is scientific notation, a decimal percentage matches its face value (12.5% = 12.5, as 50% = 50 already does
-there), thousands written with thin spaces (`3\\,000`) are numbers, and `x=3` vs `y=3` are equal.
+Both run math-verify in a worker process with a hard timeout (`math_pool`), so no input can hang the caller, from
+any thread or process; an input longer than `MAX_SYMBOLIC_CHARS` after normalisation never reaches sympy and is
+unequal.
+
+Deliberate differences from math-verify (docs/math.md lists them with examples): `\\fbox{}` counts as
+`\\boxed{}`; Python-style powers (`2**10`,
+`2^-1`) are read as powers, where math-verify's LaTeX parser keeps the prefix (`$2**3$` is 2 there) or a bare
+string; in an extracted answer `1e10`, bare `pi`, `exp` are read as meant, and `//` is unparsable (unequal);
+decimals equal to 6 places (and to 1e-6 relative, so that 1e-8 != 1e-9) are equal (math-verify says
+1.0000001 != 1 because sympy >= 1.13 no longer equates Float and Integer), a decimal percentage matches its face
+value (12.5% = 12.5, as 50% = 50 already does there), thousands written with thin spaces (`3\\,000`) are numbers,
+and `x=3` vs `y=3` are equal.
 """
 
 from __future__ import annotations
@@ -20,9 +31,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from harness.errors import HarnessError
-from harness.metrics.math_normalise import fast_equal, normalise
+from harness.metrics.math_normalise import UNPARSABLE, answer_as_latex, fast_equal, latex_operators, normalise
 from harness.metrics.math_pool import get_pool
 
 MAX_SYMBOLIC_CHARS = 1000
@@ -32,7 +44,8 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 
 def extract_answer(completion: str) -> tuple[str | None, str]:
-    """The final answer and how it was found: ("...", "boxed"), ("...", "last_number") or (None, "none")."""
+    """The last `\\boxed{}` of a text, else its last number: ("...", "boxed"), ("...", "last_number") or
+    (None, "none"). Reads gold solutions (Minerva); completions go through `verify_completions`."""
     closing = _matching_braces(completion)
     for box in reversed(list(_BOX.finditer(completion))):
         start = box.end()
@@ -44,10 +57,8 @@ def extract_answer(completion: str) -> tuple[str | None, str]:
         bare = _UNBRACED_BOX.match(completion, start)
         if bare:
             return bare.group(1).rstrip(".,"), "boxed"
-    numbers = _NUMBER.findall(completion)
-    if numbers:
-        return numbers[-1].rstrip(","), "last_number"
-    return None, "none"
+    number = _last_number(completion)
+    return (number, "last_number") if number is not None else (None, "none")
 
 
 def _matching_braces(text: str) -> dict[int, int]:
@@ -100,9 +111,10 @@ def math_equal_many(
             slow_items.append(candidates)
             slow_index.append(i)
     if slow_items:
-        verdicts = get_pool(workers or default_workers()).run(slow_items, timeout)
+        requests = [{"pairs": candidates} for candidates in slow_items]
+        verdicts = get_pool(workers or default_workers()).run(requests, timeout)
         for i, verdict in zip(slow_index, verdicts, strict=True):
-            results[i] = verdict
+            results[i] = verdict is not None and verdict["equal"]
     return results
 
 
@@ -116,17 +128,79 @@ def _triage(gold: str, prediction: str) -> tuple[bool | None, list[tuple[str, st
         return decided, []
     if len(norm_gold) > MAX_SYMBOLIC_CHARS or len(norm_pred) > MAX_SYMBOLIC_CHARS:
         return False, []
+    if UNPARSABLE.search(norm_gold) or UNPARSABLE.search(norm_pred):
+        return False, []  # math-verify would read a prefix of it, a different number
     # Only the raw pair goes to math-verify: on a normalised string its parser sometimes fails and then
     # compares the unparsed prefixes as strings, a false positive.
-    return None, [(gold.strip(), prediction.strip())]
+    return None, [(answer_as_latex(gold.strip()), answer_as_latex(prediction.strip()))]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judged completion: whether it is right, the answer read from it, and how that answer was found:
+    `boxed` (its one `\\boxed{}`, settled in-process), `math_verify` (math-verify's extraction), `last_number`
+    (math-verify found nothing; the fallback), `none` (no answer at all) or `timeout` (counted wrong)."""
+
+    correct: bool
+    extracted: str | None
+    method: str
+
+
+def verify_completions(pairs: Sequence[tuple[str, str]], timeout: float = 5.0,
+                       workers: int | None = None) -> list[Verdict]:
+    """Judge (gold, whole completion) pairs as math-verify's parse + verify does; fast exact paths in-process."""
+    if timeout <= 0:
+        raise HarnessError(f"verifier timeout must be positive seconds, got {timeout}")
+    verdicts: list[Verdict | None] = [_single_box_verdict(str(gold), str(text)) for gold, text in pairs]
+    slow = [i for i, verdict in enumerate(verdicts) if verdict is None]
+    requests = [{"completion": [answer_as_latex(str(pairs[i][0]).strip()), _as_math_verify_reads(str(pairs[i][1]))]}
+                for i in slow]
+    answers = get_pool(workers or default_workers()).run(requests, timeout) if requests else []
+    fallback: list[int] = []
+    for i, answer in zip(slow, answers, strict=True):
+        if answer is None:
+            verdicts[i] = Verdict(False, None, "timeout")
+        elif answer["extracted"] is None:
+            fallback.append(i)
+        else:
+            verdicts[i] = Verdict(answer["equal"], answer["extracted"], "math_verify")
+    numbers = {i: _last_number(str(pairs[i][1])) for i in fallback}
+    found = [i for i in fallback if numbers[i] is not None]
+    equal = math_equal_many([(str(pairs[i][0]), numbers[i]) for i in found], timeout, workers)  # type: ignore[misc]
+    for i, same in zip(found, equal, strict=True):
+        verdicts[i] = Verdict(same, numbers[i], "last_number")
+    return [verdict or Verdict(False, None, "none") for verdict in verdicts]
+
+
+def _as_math_verify_reads(completion: str) -> str:
+    """The completion with Python-style powers in LaTeX and `\\fbox` as `\\boxed` (math-verify knows only the
+    latter; MATH's solutions use both)."""
+    return latex_operators(completion).replace("\\fbox{", "\\boxed{")
+
+
+def _single_box_verdict(gold: str, completion: str) -> Verdict | None:
+    """The verdict when the completion has one `\\boxed{}` of plain numbers (math-verify reads that box and
+    nothing else), decided exactly in-process; None when math-verify must read the completion."""
+    boxes = list(_BOX.finditer(completion))
+    if len(boxes) != 1:
+        return None
+    answer, method = extract_answer(completion)
+    if method != "boxed" or answer is None:
+        return None
+    norm_gold, norm_answer = normalise(gold), normalise(answer)
+    decided = fast_equal(norm_gold, norm_answer) if norm_gold and norm_answer else None
+    return None if decided is None else Verdict(decided, answer, "boxed")
+
+
+def _last_number(text: str) -> str | None:
+    numbers = _NUMBER.findall(text)
+    return numbers[-1].rstrip(",") if numbers else None
 
 
 def math_reward(gold: str, completion: str, timeout: float = 5.0) -> float:
-    """1.0 when the answer extracted from the full `completion` equals `gold`, else 0.0 (the RLVR reward)."""
-    answer, _ = extract_answer(completion)
-    if answer is None:
-        return 0.0
-    return float(math_equal(gold, answer, timeout=timeout))
+    """1.0 when the full `completion` answers `gold` (as `verify_completions` judges it), else 0.0 (the RLVR
+    reward; the math suite scores with the same function)."""
+    return float(verify_completions([(gold, completion)], timeout=timeout)[0].correct)
 
 
 def majority_answer(answers: Sequence[str | None], timeout: float = 5.0) -> str | None:

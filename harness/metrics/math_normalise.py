@@ -39,11 +39,33 @@ _SLASH_FRACTION = re.compile(r"^([+-]?\d+)/(\d+)$")
 _LATEX_FRACTION = re.compile(r"^([+-]?)\\frac(?:\{([+-]?\d+)\}\{(\d+)\}|(\d)(\d))$")
 _SCIENTIFIC = re.compile(r"^(.+?)(?:\\times|\\cdot)10\^\{?([+-]?\d+)\}?$")
 _BRACKETS = {"(": ")", "[": "]", "\\{": "\\}"}
+# Operators models write in Python or plain-text style, rewritten into the LaTeX that math-verify reads. Its LaTeX
+# parser stops at them and keeps the prefix, a different number: "2**3" -> 2, "2^-1" -> 2, "1e10" -> 1*E*10.
+# A power needs its operands adjacent, so Markdown bold ("**Answer:** 5") is left alone.
+_SPACED_POWER = re.compile(r"\s*\*\*\s*")
+_PYTHON_POWER = re.compile(r"(?<=[\w)}])\*\*(\((?:[^()]|\([^()]*\))*\)|[+-]?\d+(?:\.\d+)?|[A-Za-z]\w*)")
+_BARE_EXPONENT = re.compile(r"\^([+-]\d+(?:\.\d+)?|\d+\.\d+)")
+_E_NOTATION = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
+_BARE_FUNCTION = re.compile(r"(?<![\\a-zA-Z])(exp|ln|sin|cos|tan|pi)(?![a-zA-Z])")
+# What is left of them after the rewrite has no LaTeX reading: such an answer is unparsable, not a prefix.
+UNPARSABLE = re.compile(r"\*\*|//")
+
+
+def latex_operators(text: str) -> str:
+    """Python-style powers (`2**10`, `2^-1`) as LaTeX powers, in an answer or inside a whole completion."""
+    return _BARE_EXPONENT.sub(r"^{\1}", _PYTHON_POWER.sub(r"^{\1}", text))
+
+
+def answer_as_latex(answer: str) -> str:
+    """An extracted answer with its non-LaTeX operators rewritten: spaced powers, `1e10`, bare `pi` or `exp`."""
+    s = latex_operators(_SPACED_POWER.sub("**", answer))
+    s = _E_NOTATION.sub(r"\1\\times10^{\2}", s)
+    return _BARE_FUNCTION.sub(r"\\\1", s)
 
 
 def normalise(answer: str) -> str:
     """Canonical form of an answer string: presentation (spacing, \\left, units, degrees, $) removed."""
-    s = answer.strip().replace("\\$", "").replace("$", "")
+    s = answer_as_latex(answer.strip()).replace("\\$", "").replace("$", "")
     s = s.replace("\\displaystyle", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = s.replace("{,}", ",").replace("\\%", "%")
     s = _LEFT_RIGHT.sub("", s)

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 _STARTUP_TIMEOUT_S = 120.0
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -49,11 +50,11 @@ class _Worker:
         self.request_id = 0
         self.deadline = 0.0
 
-    def send(self, item: int, pairs: list[tuple[str, str]], timeout: float) -> None:
+    def send(self, item: int, request: dict[str, Any], timeout: float) -> None:
         self.request_id += 1
         self.item = item
         self.deadline = time.monotonic() + timeout
-        line = json.dumps({"id": self.request_id, "pairs": pairs, "timeout": timeout}) + "\n"
+        line = json.dumps({**request, "id": self.request_id, "timeout": timeout}) + "\n"
         self.proc.stdin.write(line.encode())  # type: ignore[union-attr]
 
     def read_lines(self) -> list[str] | None:
@@ -86,7 +87,8 @@ class _Worker:
 
 
 class VerifierPool:
-    """Runs (gold, pred) candidate lists on up to `size` workers; an item that overruns counts as unequal."""
+    """Runs verifier requests (see `math_worker`) on up to `size` workers; an item that overruns, or whose worker
+    crashes, gets None."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -95,13 +97,13 @@ class VerifierPool:
         self.owner = os.getpid()
         self.free = threading.Condition()
 
-    def run(self, items: Sequence[list[tuple[str, str]]], timeout: float) -> list[bool]:
+    def run(self, items: Sequence[dict[str, Any]], timeout: float) -> list[dict[str, Any] | None]:
         if not items:
             return []
         began = time.monotonic()
         workers = self._check_out(min(self.size, len(items)), began + timeout)
         if not workers:
-            return [False] * len(items)
+            return [None] * len(items)
         try:
             results = _Batch(workers).run(items, timeout, waited=time.monotonic() - began)
         except BaseException:  # an interrupted batch may leave items in flight: never hand those workers on
@@ -166,11 +168,11 @@ class _Batch:
     def __init__(self, workers: list[_Worker]) -> None:
         self.workers = workers  # replaced in place when one dies, so the caller returns live workers
 
-    def run(self, items: Sequence[list[tuple[str, str]]], timeout: float, waited: float = 0.0) -> list[bool]:
+    def run(self, items: Sequence[dict[str, Any]], timeout: float, waited: float = 0.0) -> list[dict[str, Any] | None]:
         """Each item gets `timeout` seconds, less the time the call stalled before sending it (nothing of the
         call in flight: waiting for a busy pool, or for a worker to replace a child killed for overrunning; not
         while a new worker starts)."""
-        results = [False] * len(items)
+        results: list[dict[str, Any] | None] = [None] * len(items)
         todo = list(range(len(items) - 1, -1, -1))
         busy: dict[int, _Worker] = {}
         stalled = waited
@@ -202,7 +204,8 @@ class _Batch:
         while any(worker.child is None for worker in self.workers):
             self._wait_and_collect({}, [], None)
 
-    def _wait_and_collect(self, busy: dict[int, _Worker], results: list[bool], limit: float | None) -> None:
+    def _wait_and_collect(self, busy: dict[int, _Worker], results: list[dict[str, Any] | None],
+                          limit: float | None) -> None:
         now = time.monotonic()
         waits = [w.deadline - now for w in busy.values()] + ([limit] if limit is not None else [])
         waits += [w.started + _STARTUP_TIMEOUT_S - now for w in self.workers if w.child is None]
@@ -214,13 +217,13 @@ class _Batch:
         now = time.monotonic()
         for item, worker in list(busy.items()):
             if worker.item == item and now >= worker.deadline:
-                worker.kill_child()  # results[item] stays False
+                worker.kill_child()  # results[item] stays None
                 del busy[item]
         for worker in self.workers:
             if worker.child is None and now >= worker.started + _STARTUP_TIMEOUT_S:
                 raise RuntimeError(f"math verifier worker did not start: {_WORKER_COMMAND}")
 
-    def _handle_output(self, worker: _Worker, busy: dict[int, _Worker], results: list[bool]) -> None:
+    def _handle_output(self, worker: _Worker, busy: dict[int, _Worker], results: list[dict[str, Any] | None]) -> None:
         lines = worker.read_lines()
         if lines is None:  # the worker process itself died: replace it, its item counts as unequal
             if worker.item is not None:
@@ -236,7 +239,7 @@ class _Batch:
                 worker.child = int(tail)
                 worker.announced = True
             elif worker.item is not None and int(head) == worker.request_id:
-                results[worker.item] = tail == "1"
+                results[worker.item] = json.loads(tail)
                 busy.pop(worker.item, None)
                 worker.item = None
             # anything else is the late answer of a child that was killed for overrunning

@@ -4,9 +4,10 @@ Started as `python -m harness.metrics.math_worker`. The process imports sympy on
 server child that answers requests on stdin/stdout; when the parent kills an overrunning child, this process
 forks a fresh warm one in milliseconds instead of paying a new interpreter start and the sympy import.
 
-Protocol (one line each way, UTF-8 JSON requests): the child announces itself with `R <pid>`; a request is
-`{"id": n, "pairs": [[gold, pred], ...], "timeout": s}`; the answer is `<id> 1` when any pair verifies, else
-`<id> 0`.
+Protocol (one line each way, UTF-8 JSON): the child announces itself with `R <pid>`; a request is
+`{"id": n, "timeout": s, "pairs": [[gold, pred], ...]}` (extracted answers: equal when any pair verifies) or
+`{"id": n, "timeout": s, "completion": [gold, completion]}` (math-verify extracts the answer from the whole
+completion itself); the answer is `<id> {"equal": bool, "extracted": str | null}`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,23 @@ def _verify_pairs(pairs: list[list[str]]) -> bool:
     return False
 
 
+def _verify_completion(gold: str, completion: str) -> dict:
+    """math-verify's own reading: parse the gold, parse the whole completion, verify gold first."""
+    from math_verify import parse, verify
+
+    gold_parsed = parse(_as_latex(gold), parsing_timeout=None)  # type: ignore[arg-type]
+    pred_parsed = parse(completion, parsing_timeout=None)  # type: ignore[arg-type]
+    if not pred_parsed:
+        return {"equal": False, "extracted": None}
+    return {"equal": bool(verify(gold_parsed, pred_parsed, timeout_seconds=None)), "extracted": str(pred_parsed[-1])}
+
+
+def _answer(request: dict) -> dict:
+    if "completion" in request:
+        return _verify_completion(*request["completion"])
+    return {"equal": _verify_pairs(request["pairs"]), "extracted": None}
+
+
 def _as_latex(answer: str) -> str:
     """math-verify extracts from $...$ or \\boxed{}; a bare extracted answer needs the delimiters back."""
     return answer if answer.startswith("$") else f"${answer}$"
@@ -63,16 +81,17 @@ def _serve(in_fd: int, out_fd: int) -> int:
         request = json.loads(line)
         signal.alarm(math.ceil(request["timeout"]) + _ALARM_GRACE_S)
         try:
-            ok = _verify_pairs(request["pairs"])
+            answer = _answer(request)
         except (Exception, RecursionError):  # math-verify and sympy raise many types on odd input: unequal
-            ok = False
+            answer = {"equal": False, "extracted": None}
         signal.alarm(0)
-        os.write(out_fd, f"{request['id']} {int(ok)}\n".encode())
+        os.write(out_fd, f"{request['id']} {json.dumps(answer)}\n".encode())
 
 
 def _warm_up() -> None:
     """Pay sympy's lazy imports and first-call caches once, before forking, so every child starts warm."""
     _verify_pairs([["\\frac{1}{2}", "0.5"], ["(1,2)", "\\{1,2\\}"], ["x^2+2x+1", "(x+1)^2"], ["x=3", "3"]])
+    _verify_completion("x \\geq 5", "So $5 \\leq x$. The answer is \\boxed{[5, \\infty)}.")
 
 
 def main() -> None:

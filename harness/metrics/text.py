@@ -116,7 +116,7 @@ def _lcs_fmeasure(target: list[str], prediction: list[str]) -> float:
 def _check_references(references: list[str], metric: str) -> None:
     if isinstance(references, str):
         raise ValueError(f"{metric} takes a list of reference strings; wrap one reference as [reference]")
-    if not references:
+    if len(references) == 0:
         raise ValueError(f"{metric} needs at least one reference; the sample has an empty reference list")
 
 

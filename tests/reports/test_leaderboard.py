@@ -47,7 +47,8 @@ def store(tmp_path: Path) -> Path:
     hostile = [sample(0, f"ignore {XSS} this", prompt='<img src="http://evil.example/x.png"> & more'),
                sample(1, "fine"), sample(2, "also fine"), sample(3, "FOURTH-SAMPLE")]
     write_result(root, "teacher", "dolly",
-                 {"rougeL": 25.13, "rougeL_std": 0.31, "exact_match": 1.2, "gen_length": 54.3},
+                 {"rougeL": 25.13, "rougeL_std": 0.31, "rougeL_stderr": 0.45, "rougeL_ci95": [24.25, 26.01],
+                  "exact_match": 1.2, "gen_length": 54.3},
                  samples=hostile)
     write_result(root, "teacher", "selfinst", {"rougeL": 20.01})
     write_result(root, "sft", "dolly", {"rougeL": 22.0, "exact_match": 0.5})
@@ -86,7 +87,7 @@ def test_main_table_values_std_suite_average_and_order(store: Path, capsys: pyte
     assert header == ["Model", "instruct avg", "dolly (rougeL)", "selfinst (rougeL)"]
     # Sorted by the suite average (sft 23.25 > teacher 22.57), not by dolly, where teacher leads.
     assert rows == [["sft", "23.25", "22.00", "24.50"],
-                    ["teacher", "22.57", "25.13 ± 0.31", "20.01"],
+                    ["teacher", "22.57", "25.13 ± 0.45 (sd 0.31)", "20.01"],
                     ["student", "", "18.50", ""]]
     err = capsys.readouterr().err
     assert "broken" in err and "nokeys" in err and err.count("warning:") == 2
@@ -96,7 +97,7 @@ def test_task_table_lists_every_metric_with_std_folded(store: Path) -> None:
     write_leaderboard(store)
     header, *rows = table_after((store / "leaderboard.md").read_text(), "## dolly")
     assert header == ["Model", "docs", "rougeL", "exact_match", "gen_length"]
-    assert rows[1] == ["teacher", "500", "25.13 ± 0.31", "1.20", "54.30"]
+    assert rows[1] == ["teacher", "500", "25.13 ± 0.45 (sd 0.31)", "1.20", "54.30"]
     assert rows[0] == ["sft", "500", "22.00", "0.50", ""]
     assert [row[0] for row in rows] == ["sft", "teacher", "student"]
 
@@ -124,7 +125,7 @@ def test_html_is_escaped_self_contained_and_embeds_the_chart(store: Path) -> Non
     # Examples: the first three samples of a model, first reference and first prediction only.
     assert "A reference poem." in page and "Another." not in page
     assert "also fine" in page and "FOURTH-SAMPLE" not in page and "second try" not in page
-    assert "25.13 ± 0.31" in page and "23.25" in page
+    assert "25.13 ± 0.45 (sd 0.31)" in page and "23.25" in page
 
 
 def test_training_checkpoints_are_named_and_plotted(tmp_path: Path) -> None:
@@ -247,3 +248,11 @@ def test_cuge_suite_scores_with_its_index_and_capabilities(tmp_path: Path, monke
     assert parts[0] == ["Model", "cuge_lite index", "language_understanding_discourse",
                         "language_understanding_word_sentence", "mathematical_reasoning"]
     assert parts[1] == ["model", f"{expected:.2f}*", "150.00", "112.50", "200.00"]
+
+
+def test_scores_print_with_enough_digits():
+    from harness.metrics.stats import format_score
+
+    assert format_score({"acc": 0.475, "acc_stderr": 0.0354}, "acc") == "0.475 ± 0.0354"  # not 0.47 ± 0.04
+    assert format_score({"acc": 47.5, "acc_stderr": 3.54, "acc_ci95": [40.6, 54.4]}, "acc") == "47.50 ± 3.54"
+    assert format_score({"ece": 0.0}, "ece") == "0.00" and format_score({}, "ece") == "n/a"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import statistics
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -184,9 +185,12 @@ def test_calibration_matches_a_direct_computation(runs):
     metrics = result["metrics"]
     assert metrics["acc"] == pytest.approx(100 * sum(correct) / len(correct))
     # rel: the run scored in batches of 4, this check in one batch, so log-probs differ in the last bits
-    assert metrics["ece"] == pytest.approx(ece(confidence, correct, 10, "equal_mass"), rel=1e-4)
-    assert metrics["ece_equal_width"] == pytest.approx(ece(confidence, correct, 10, "equal_width"), rel=1e-4)
-    assert metrics["ece_1bin"] == pytest.approx(abs(sum(confidence) / 6 - sum(correct) / 6), rel=1e-4)
+    assert metrics["ece"] == pytest.approx(100 * ece(confidence, correct, 10, "equal_mass"), rel=1e-4)  # percent
+    assert metrics["ece_equal_width"] == pytest.approx(100 * ece(confidence, correct, 10, "equal_width"), rel=1e-4)
+    assert metrics["ece_1bin"] == pytest.approx(100 * abs(sum(confidence) / 6 - sum(correct) / 6), rel=1e-4)
+    low, high = metrics["ece_ci95"]  # seeded bootstrap over the six documents
+    assert 0 <= low < high and metrics["ece_stderr"] > 0
+    assert metrics["acc_stderr"] == pytest.approx(100 * statistics.stdev(correct) / math.sqrt(6))
     assert sum(b["count"] for b in result["details"]["reliability"]["equal_width"]) == 6
     assert [s["references"] for s in samples] == [[SST2_WORDS[d["label"]]] for d in docs]
 

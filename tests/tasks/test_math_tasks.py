@@ -4,14 +4,16 @@ chat-template prompt, and an end-to-end `harness eval --tasks math` over a few r
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.metrics.math import extract_answer, majority_vote, math_equal
+from harness.metrics.math import majority_vote, math_equal, math_reward, verify_completions
 from harness.registry import expand, get_task
 from harness.tasks import math as math_tasks
 
@@ -28,8 +30,10 @@ def record(extracted: list[str | None], correct: list[int]) -> dict:
 
 def test_one_correct_of_four_gives_the_unbiased_pass_at_k():
     metrics = math_tasks.avg_and_pass_at_k([record(["1", "2", "3", "4"], [0, 0, 1, 0])])
-    assert metrics == pytest.approx({"avg@4": 25.0, "num_samples": 4.0, "pass@1": 25.0, "pass@2": 50.0,
-                                     "pass@4": 100.0})
+    values = {name: value for name, value in metrics.items() if not name.endswith(("_stderr", "_ci95"))}
+    assert values == pytest.approx({"avg@4": 25.0, "num_samples": 4.0, "pass@1": 25.0, "pass@2": 50.0,
+                                    "pass@4": 100.0})
+    assert metrics["pass@1_stderr"] == 0.0  # one problem: no spread over documents
 
 
 def test_avg_at_k_averages_problems_and_equals_pass_at_1():
@@ -38,6 +42,11 @@ def test_avg_at_k_averages_problems_and_equals_pass_at_1():
     assert metrics["avg@4"] == pytest.approx((25 + 100 + 0) / 3)
     assert metrics["pass@1"] == pytest.approx(metrics["avg@4"])
     assert metrics["pass@2"] == pytest.approx((50 + 100 + 0) / 3)
+    stderr = statistics.stdev([25, 100, 0]) / math.sqrt(3)  # over problems, of each problem's avg@4
+    assert metrics["avg@4_stderr"] == pytest.approx(stderr) and metrics["pass@1_stderr"] == pytest.approx(stderr)
+    low, high = metrics["pass@1_ci95"]
+    assert (low + high) / 2 == pytest.approx(metrics["pass@1"]) and high - low == pytest.approx(2 * 1.96 * stderr,
+                                                                                              rel=1e-3)
 
 
 @pytest.mark.parametrize(("n", "ks"), [(1, [1]), (2, [1, 2]), (5, [1, 2, 4, 5]), (32, [1, 2, 4, 8, 16, 32])])
@@ -63,7 +72,8 @@ def test_majority_vote_matches_the_verifier_reference_one_by_one():
     expected = [majority_vote(answers, gold) for answers, gold in MAJORITY_CASES]
     assert expected == [False, True, False, True, True, False, True]
     assert math_tasks.majority_correct(samples) == expected
-    assert math_tasks.majority_at_k(samples[2:4]) == {"maj@2": pytest.approx(50.0)}
+    found = math_tasks.majority_at_k(samples[2:4])
+    assert found["maj@2"] == pytest.approx(50.0) and found["maj@2_stderr"] == pytest.approx(50.0)  # one of two
 
 
 # ----- gold answers and scoring ----------------------------------------------------------------------------------
@@ -81,14 +91,17 @@ def test_gold_answers_follow_each_data_set_schema():
 
 
 def test_scores_mark_correct_answers_and_fallback_extractions():
-    golds = ["0.5", "18", "18", "3", "x^2+2x+1"]
+    golds = ["0.5", "18", "18", "3", "x^2+2x+1", "18"]
     completions = ["so \\boxed{\\frac{1}{2}}", "the answer is 18", "I get \\boxed{17}, then 18", "no idea",
-                   "expanding, \\boxed{(x+1)^2}"]
-    scores = math_tasks.verify(golds, completions)
-    assert [s["correct"] for s in scores] == [1.0, 1.0, 0.0, 0.0, 1.0]  # the boxed 17 wins over a later 18
-    assert [s["fallback"] for s in scores] == [0.0, 1.0, 0.0, 0.0, 0.0]
-    assert math_tasks.fallback_rate([{"scores": {"fallback": [s["fallback"] for s in scores]}}]) == {
-        "fallback_rate": pytest.approx(20.0)}
+                   "expanding, \\boxed{(x+1)^2}", "it is item18"]  # math-verify reads no answer in the last
+    task = get_task("math500")
+    scores = task.score_many([({"answer": gold}, text) for gold, text in zip(golds, completions)])
+    assert [s["correct"] for s in scores] == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0]  # the boxed 17 wins over a later 18
+    assert [s["fallback"] for s in scores] == [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    methods = [task.annotate({"answer": gold}, text)["method"] for gold, text in zip(golds, completions)]
+    assert methods == ["boxed", "math_verify", "boxed", "none", "math_verify", "last_number"]
+    assert math_tasks.fallback_rate([{"scores": {"fallback": [s["fallback"] for s in scores]}}])[
+        "fallback_rate"] == pytest.approx(100 / 6)
 
 
 def test_defaults_sample_32_times_on_aime_and_amc_and_decode_greedily_elsewhere():
@@ -153,10 +166,12 @@ def test_suite_runs_end_to_end_on_every_data_set(tiny, shared_data, tmp_path):
         for sample in samples:
             extracted = sample["annotations"]["extracted"]
             assert len(sample["predictions"]) == len(extracted) == len(sample["scores"]["correct"]) == 2
-            assert extracted == [extract_answer(p)[0] for p in sample["predictions"]]
-            assert sample["annotations"]["method"] == [extract_answer(p)[1] for p in sample["predictions"]]
             gold = sample["references"][0]
-            assert sample["scores"]["correct"] == [float(a is not None and math_equal(gold, a)) for a in extracted]
+            verdicts = verify_completions([(gold, p) for p in sample["predictions"]])
+            assert extracted == [v.extracted for v in verdicts]
+            assert sample["annotations"]["method"] == [v.method for v in verdicts]
+            assert sample["scores"]["correct"] == [float(v.correct) for v in verdicts]
+            assert sample["scores"]["correct"] == [math_reward(gold, p) for p in sample["predictions"]]
             assert "extracted" not in sample["scores"] and "method" not in sample["scores"]
     _, samples = read_task(tmp_path, "m", "gsm8k")
     assert samples[0]["references"] == ["18"]
