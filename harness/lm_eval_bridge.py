@@ -100,18 +100,13 @@ class HarnessLM(LM):
 
     def _cached(self, kind: str, pairs: list[tuple[str, str]], compute) -> list[Any]:
         """`compute(pairs)` served from the cache where it holds the answer; new answers committed per chunk."""
+        from harness.runner import answer_cached
+
         if self.cache is None:
             return compute(pairs)
         keys = [store.request_key(self.backend.identity, {kind: list(pair)}) for pair in pairs]
-        answers = self.cache.get_many(keys)
-        missing = [i for i, key in enumerate(keys) if key not in answers]
-        chunk = getattr(self.backend, "chunk_size", 256)
-        for start in range(0, len(missing), chunk):
-            part = missing[start : start + chunk]
-            new = dict(zip((keys[i] for i in part), compute([pairs[i] for i in part]), strict=True))
-            self.cache.put_many(new)
-            answers.update(new)
-        return [answers[key] for key in keys]
+        return answer_cached(self.backend, keys, lambda part: compute([pairs[i] for i in part]), self.cache,
+                             self.progress, desc=kind, unit="request")
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         def compute(pairs):

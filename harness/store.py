@@ -165,12 +165,8 @@ class GenerationCache:
             query = f"SELECT key, value FROM generations WHERE key IN ({marks})"
             for key, value in self._db.execute(query, chunk):
                 try:
-                    answer = json.loads(value)
+                    found[key] = json.loads(value)  # generations, option scores and token log-probs alike
                 except (TypeError, json.JSONDecodeError):
-                    answer = None
-                if isinstance(answer, dict) and isinstance(answer.get("text"), str):
-                    found[key] = answer
-                else:
                     damaged.append(key)
         if damaged:
             with self._db:
