@@ -88,8 +88,9 @@ def _schema_problem(data: Any) -> str | None:
     if training is not None and not (
         isinstance(training, dict) and isinstance(training.get("method"), str)
         and isinstance(training.get("step"), int) and not isinstance(training.get("step"), bool)
+        and isinstance(training.get("selected_by", ""), str)
     ):
-        return "'training' needs a string 'method' and an integer 'step'"
+        return "'training' needs a string 'method', an integer 'step' and, when chosen, a string 'selected_by'"
     return None
 
 
@@ -194,12 +195,21 @@ def _main_name(board: Board, task: str) -> str:
     return next(board.cells[m, task] for m in board.models if (m, task) in board.cells).result["main_metric"]
 
 
+def main_models(board: Board) -> list[str]:
+    """The rows of the main table: a trained method whose checkpoint was chosen by validation shows that one
+    alone; its other checkpoints stay in the task tables and the training curves."""
+    training = {model: entry.result.get("training") for (model, _), entry in board.cells.items()}
+    chosen = {t["method"] for t in training.values() if isinstance(t, dict) and t.get("selected_by")}
+    return [model for model in board.models if not (isinstance(training[model], dict)
+            and not training[model].get("selected_by") and training[model]["method"] in chosen)]
+
+
 def main_table(board: Board) -> Table:
     header = ["Model", *(f"{suite} avg" for suite in board.suites),
               *(f"{task} ({_main_name(board, task)}{'' if _higher_is_better(board, [task]) else ', lower is better'})"
                 for task in board.tasks)]
     rows = []
-    for model in board.models:
+    for model in main_models(board):
         averages = [board.suite_average(model, suite) for suite in board.suites]
         row = [model, *("" if a is None else _fmt(a) for a in averages)]
         for task in board.tasks:
@@ -240,7 +250,10 @@ def _intro(board: Board) -> str:
     sort_key = f"the {next(iter(board.suites))} average" if board.suites else board.tasks[0]
     order = "highest" if _higher_is_better(board, _sort_tasks(board)) else "lowest"
     return (f"Main metric per task, sorted by {sort_key} ({order} first). "
-            "A suite average is shown only when the model has every task of the suite.")
+            "A suite average is shown only when the model has every task of the suite. "
+            "A ± value is the population standard deviation of the per-seed means (across sampling seeds). "
+            "A trained method's row is the checkpoint its validation metric chose; the task tables and the "
+            "training curves show every checkpoint.")
 
 
 def render_markdown(board: Board) -> str:
