@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import os
 import platform
 import sys
@@ -131,10 +132,19 @@ def model_prompt(task: Task, doc: Doc, backend, config: EvalConfig) -> str:
     return backend.chat_prompt(prompt) if config.chat_template and task.choices is None else prompt
 
 
+def request_seed(run_seed: int, document: int) -> int:
+    """The seed of one sample: a stable hash of the run seed (each sample of a document has its own) and the
+    document's position, so samples are reproducible and independent of batching, and, unlike one bare seed for
+    every request of a run, independent across prompts (two documents with the same prompt differ too)."""
+    digest = hashlib.blake2b(f"{run_seed}/{document}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1  # 63 bits: every engine's seed type takes it
+
+
 def run_generation(task: Task, prompts: list[str], backend, cache, config: EvalConfig) -> tuple[list, list]:
     sampling = sampling_for(task, config)
     seeds = seeds_for(task, config, sampling)
-    requests = [GenerationRequest(prompt, sampling, seed) for prompt in prompts for seed in seeds]
+    requests = [GenerationRequest(prompt, sampling, request_seed(seed, document))
+                for document, prompt in enumerate(prompts) for seed in seeds]
     answers = generate_cached(backend, requests, cache, config.progress, desc=task.name)
     per_doc = [answers[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(prompts))]
     predictions = [[task.postprocess(answer["text"]) for answer in doc_answers] for doc_answers in per_doc]

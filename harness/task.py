@@ -99,7 +99,8 @@ class Task:
 
 
 def seed_mean(name: str, scale: float = 100.0) -> Metric:
-    """Corpus mean per seed, then mean and spread across seeds (MiniLLM reports 5 seeds this way)."""
+    """Corpus mean per seed, then their mean and, as `<name>_std`, the population standard deviation of the
+    per-seed means (MiniLLM reports 5 seeds this way)."""
 
     def metric(samples: list[dict[str, Any]]) -> dict[str, float]:
         scores = [sample["scores"] for sample in samples]

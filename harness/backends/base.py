@@ -27,10 +27,22 @@ class SamplingSettings:
     top_k: int = 0
     no_repeat_ngram_size: int = 0
     stop: tuple[str, ...] = ()
-    max_prompt_tokens: int | None = None  # keep the last N prompt tokens (MiniLLM truncates prompts to 256)
+    max_prompt_tokens: int | None = None  # at most N prompt tokens
+    truncation_side: str = "left"  # cut long prompts on the left (keep the end) or "right" (keep the start)
+
+    def __post_init__(self) -> None:
+        if self.truncation_side not in ("left", "right"):
+            raise HarnessError(f"truncation_side={self.truncation_side!r}: choose left or right")
 
     def replace(self, **changes) -> SamplingSettings:
         return dataclasses.replace(self, **changes)
+
+    def truncate(self, ids: list[int], max_length: int) -> list[int]:
+        """Prompt ids cut to `max_prompt_tokens` and to leave room for the new tokens in `max_length`."""
+        room = max_length - self.max_new_tokens
+        limit = min(self.max_prompt_tokens, room) if self.max_prompt_tokens else room
+        limit = max(limit, 1)
+        return ids[:limit] if self.truncation_side == "right" else ids[-limit:]
 
     @property
     def greedy(self) -> bool:

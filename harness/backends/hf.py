@@ -165,11 +165,7 @@ class HFBackend(Backend):
         return results  # type: ignore[return-value]
 
     def _encode_prompt(self, request: GenerationRequest) -> list[int]:
-        tokens = self.tokenizer(request.prompt)["input_ids"]
-        limit = request.settings.max_prompt_tokens
-        room = self.max_length - request.settings.max_new_tokens
-        limit = min(limit, room) if limit else room
-        return tokens[-limit:] if limit > 0 else tokens[-1:]
+        return request.settings.truncate(self.tokenizer(request.prompt)["input_ids"], self.max_length)
 
     def _new_row(self, index: int, request: GenerationRequest, tokens: list[int]) -> _Row:
         settings = request.settings

@@ -169,16 +169,10 @@ class VLLMBackend(Backend):
         return self._llm
 
     def _prompt_ids(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
-        """Prompt ids, cut from the left to `max_prompt_tokens` and to leave room for the new tokens."""
+        """Prompt ids, cut to `max_prompt_tokens` and to leave room for the new tokens."""
         # One batched call: the fast tokenizer spreads it over threads.
         encoded = self.tokenizer([r.prompt for r in requests])["input_ids"]
-        kept = []
-        for ids, request in zip(encoded, requests, strict=True):
-            settings = request.settings
-            room = self.max_model_len - settings.max_new_tokens
-            limit = min(settings.max_prompt_tokens, room) if settings.max_prompt_tokens else room
-            kept.append(ids[-limit:] if limit > 0 else ids[-1:])
-        return kept
+        return [r.settings.truncate(ids, self.max_model_len) for ids, r in zip(encoded, requests, strict=True)]
 
     @staticmethod
     def _sampling_params(request: GenerationRequest) -> SamplingParams:
