@@ -48,20 +48,26 @@ def checkpoint_name(method: str, step: int) -> str:
     return f"{method}__step-{step}"
 
 
-def evaluate_checkpoint(path: Path, method: str, step: int, settings: PipelineSettings) -> list[Path]:
+def evaluate_checkpoint(path: Path, method: str, step: int, settings: PipelineSettings,
+                        selected_by: str | None = None) -> list[Path]:
+    """Evaluate one checkpoint; with `selected_by` (the validation metric that chose it), as the method's result."""
+    training = {"method": method, "step": step, **({"selected_by": selected_by} if selected_by else {})}
+    name = f"{method}__selected" if selected_by else checkpoint_name(method, step)
     config = EvalConfig(model=str(path), tasks=settings.tasks, data_dir=settings.data_dir,
-                        output_dir=settings.output_dir, name=checkpoint_name(method, step), limit=settings.limit,
+                        output_dir=settings.output_dir, name=name, limit=settings.limit,
                         seeds=settings.seeds, backend=settings.backend, progress=settings.progress,
                         overwrite=True,  # the pipeline owns these names; a retrained step replaces its results
-                        training={"method": method, "step": step})
+                        training=training)
     return evaluate(config)
 
 
 def train_and_evaluate(method: str, config: str | Path | None, overrides: Iterable[str],
                        settings: PipelineSettings, label: str | None = None) -> list[Path]:
-    """Train `method`; evaluate each checkpoint as soon as it is complete. Returns the checkpoints."""
-    from harness.trainers import train
-    from harness.trainers.checkpoint import checkpoint_step
+    """Train `method`; evaluate each checkpoint as soon as it is complete, then the one its validation metric
+    chooses (the trainer's `selection_metric`: test scores never choose) as the method's result. Returns the
+    checkpoints."""
+    from harness.trainers import get_trainer, train
+    from harness.trainers.checkpoint import best_checkpoint, checkpoint_step
 
     def on_checkpoint(path: Path, step: int) -> None:
         evaluate_checkpoint(path, label or method, step, settings)
@@ -71,6 +77,9 @@ def train_and_evaluate(method: str, config: str | Path | None, overrides: Iterab
         step = checkpoint_step(path)
         if not (Path(settings.output_dir) / checkpoint_name(label or method, step)).is_dir():
             evaluate_checkpoint(path, label or method, step, settings)
+    metric, lower_is_better = get_trainer(method).selection_metric
+    chosen = best_checkpoint(checkpoints[-1].parent, metric, lower_is_better)
+    evaluate_checkpoint(chosen, label or method, checkpoint_step(chosen), settings, selected_by=metric)
     return checkpoints
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import os
 import platform
 import sys
@@ -220,6 +221,14 @@ def loglikelihood_cached(backend, pairs: list[tuple[str, str]], cache: store.Gen
     return answer_cached(backend, keys, compute, cache, progress, desc, unit="option")
 
 
+def request_seed(run_seed: int, document: int) -> int:
+    """The seed of one sample: a stable hash of the run seed (each sample of a document has its own) and the
+    document's position, so samples are reproducible and independent of batching, and, unlike one bare seed for
+    every request of a run, independent across prompts (two documents with the same prompt differ too)."""
+    digest = hashlib.blake2b(f"{run_seed}/{document}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1  # 63 bits: every engine's seed type takes it
+
+
 def seed_prompts(item: Planned, seeds: tuple[int, ...]) -> list[list[str]]:
     """Per document, the task's prompt under each seed's demonstrations (the same prompt for every seed of a
     zero-shot task)."""
@@ -228,14 +237,12 @@ def seed_prompts(item: Planned, seeds: tuple[int, ...]) -> list[list[str]]:
     return [[task.fewshot_prompt(doc, demos) for demos in shown] for doc in item.docs]
 
 
-
-
 def run_generation(task: Task, prompts: list[list[str]], seeds: tuple[int, ...], backend, cache,
                    config: EvalConfig) -> tuple[list, list]:
     """Per document and seed, the postprocessed completion of that seed's prompt and its length in tokens."""
     sampling = sampling_for(task, config)
-    requests = [GenerationRequest(prompt, sampling, seed)
-                for doc_prompts in prompts for prompt, seed in zip(doc_prompts, seeds)]
+    requests = [GenerationRequest(prompt, sampling, request_seed(seed, document))
+                for document, doc_prompts in enumerate(prompts) for prompt, seed in zip(doc_prompts, seeds)]
     answers = generate_cached(backend, requests, cache, config.progress, desc=task.name)
     per_doc = [answers[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(prompts))]
     predictions = [[task.postprocess(answer["text"]) for answer in doc_answers] for doc_answers in per_doc]

@@ -181,8 +181,9 @@ class Task:
 
 
 def seed_mean(name: str, scale: float = 100.0) -> Metric:
-    """Corpus mean per seed, then mean and spread across seeds (MiniLLM reports 5 seeds this way); the standard
-    error and 95% interval are over documents, of each document's mean across seeds."""
+    """Corpus mean per seed, then their mean and, as `<name>_std`, the population standard deviation of the
+    per-seed means (MiniLLM reports 5 seeds this way); the standard error and 95% interval are over documents, of
+    each document's mean across seeds."""
 
     def metric(samples: list[dict[str, Any]]) -> dict[str, float]:
         scores = [sample["scores"] for sample in samples]

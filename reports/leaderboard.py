@@ -92,8 +92,9 @@ def _schema_problem(data: Any) -> str | None:
     if training is not None and not (
         isinstance(training, dict) and isinstance(training.get("method"), str)
         and isinstance(training.get("step"), int) and not isinstance(training.get("step"), bool)
+        and isinstance(training.get("selected_by", ""), str)
     ):
-        return "'training' needs a string 'method' and an integer 'step'"
+        return "'training' needs a string 'method', an integer 'step' and, when chosen, a string 'selected_by'"
     return None
 
 
@@ -211,12 +212,21 @@ def _suite_cell(score: SuiteScore | None) -> str:
     return "" if score is None else _fmt(score.value) + ("*" if score.partial else "")
 
 
+def main_models(board: Board) -> list[str]:
+    """The rows of the main table: a trained method whose checkpoint was chosen by validation shows that one
+    alone; its other checkpoints stay in the task tables and the training curves."""
+    training = {model: entry.result.get("training") for (model, _), entry in board.cells.items()}
+    chosen = {t["method"] for t in training.values() if isinstance(t, dict) and t.get("selected_by")}
+    return [model for model in board.models if not (isinstance(training[model], dict)
+            and not training[model].get("selected_by") and training[model]["method"] in chosen)]
+
+
 def main_table(board: Board) -> Table:
     header = ["Model", *(_suite_header(suite) for suite in board.suites),
               *(f"{task} ({_main_name(board, task)}{'' if _higher_is_better(board, [task]) else ', lower is better'})"
                 for task in board.tasks)]
     rows = []
-    for model in board.models:
+    for model in main_models(board):
         row = [model, *(_suite_cell(board.suite_score(model, suite)) for suite in board.suites)]
         for task in board.tasks:
             entry = board.cells.get((model, task))
@@ -259,7 +269,9 @@ def _intro(board: Board) -> str:
     return (f"Main metric per task, sorted by {sort_key} ({order} first). "
             "A suite average is shown only when the model has every task of the suite; "
             "* marks a score over part of its board. Scores are in percent; "
-            "± is one standard error over documents (95% intervals in results.json), sd the spread over seeds.")
+            "± is one standard error over documents (95% intervals in results.json), sd the population standard "
+            "deviation of the per-seed means. A trained method's row is the checkpoint its validation metric chose; "
+            "the task tables and the training curves show every checkpoint.")
 
 
 def suite_parts_tables(board: Board) -> list[tuple[str, Table]]:

@@ -53,9 +53,12 @@ def _qualified(maker: FigureMaker) -> str:
 
 
 def display_name(result: dict[str, Any]) -> str:
-    """Row and legend label: `method@step` for trainer checkpoints, else the model name."""
+    """Row and legend label: `method@step` for trainer checkpoints, `method (@step, by metric)` for the one a
+    validation metric chose as the method's result, else the model name."""
     training = result.get("training")
     if isinstance(training, dict):
+        if training.get("selected_by"):
+            return f"{training['method']} (@{training['step']}, by {training['selected_by']})"
         return f"{training['method']}@{training['step']}"
     return str(result["model"])
 
@@ -136,7 +139,8 @@ def main_metric_bars(results: list[dict[str, Any]]) -> Figure | None:
 @register_figure("training_curves")
 def training_curves(results: list[dict[str, Any]]) -> Figure | None:
     """Main metric against training step, one subplot per task and one line per training method."""
-    trained = [r for r in results if isinstance(r.get("training"), dict)]
+    # every checkpoint, each once: the chosen checkpoint's second record would repeat its point
+    trained = [r for r in results if isinstance(r.get("training"), dict) and not r["training"].get("selected_by")]
     if not trained:
         return None
     tasks = _first_seen([r["task"] for r in trained])

@@ -1,12 +1,16 @@
 """The MiniLLM instruction-following suite: Dolly, SelfInst, Vicuna, S-NI and UnNI (suite `instruct`).
 
 Protocol (MiniLLM, Gu et al. 2024, section 4 and its released evaluation code): the released Alpaca-style `prompt`
-field, in which `<n>` stands for a newline; the prompt truncated to its last 256 tokens; sampling at temperature 1
-with top-p 1 and top-k off, at most 256 new tokens, `no_repeat_ngram_size=6`; seeds 10, 20, 30, 40, 50, reported as
-the mean and spread across seeds. Scores: ROUGE-L F (rouge_score's rougeL with the Porter stemmer, max over
-references) and exact match, both x100; mean generated length; the teacher-forced loss of the reference.
+field, in which `<n>` stands for a newline; the prompt truncated to its first 256 tokens (data_utils/
+prompt_datasets.py keeps `data[:max_prompt_length]`); sampling at temperature 1 with top-p 1 and top-k off, at most
+256 new tokens, `no_repeat_ngram_size=6`; seeds 10, 20, 30, 40, 50, reported as the mean and the population
+standard deviation of the five per-seed means. Each prediction is cut at a literal `<|endoftext|>` and its `<n>`
+become newlines before scoring, as the reference does. Scores: ROUGE-L F (rouge_score's rougeL with the Porter
+stemmer, max over references) and exact match, both x100; mean generated length; the teacher-forced loss of the
+reference. Every sample of a document draws from its own seed, derived from the run seed and the document
+(`harness.runner.request_seed`), so samples are independent across prompts.
 Data: the MiniLLM evaluation files (`shared/data`), or the same files in the MiniLLM hub repos.
-Difference from the reference code: none intended; the spread is the population std over the five seed means.
+Difference from the reference code: none intended.
 
 Analyses (MiniLLM section on diversity and long texts): every task also reports Dist-4 over all generated responses
 (`dist4`, x100, with its counts `dist4_distinct` / `dist4_total`). S-NI and UnNI also report ROUGE-L per bucket of
@@ -28,14 +32,21 @@ from harness.registry import register_task
 from harness.task import DataSource, Doc, Metric, Task, sample_mean, seed_mean
 
 MINILLM_SAMPLING = SamplingSettings(
-    max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, no_repeat_ngram_size=6, max_prompt_tokens=256
+    max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, no_repeat_ngram_size=6, max_prompt_tokens=256,
+    truncation_side="right",
 )
+END_OF_TEXT = "<|endoftext|>"
 MINILLM_SEEDS = (10, 20, 30, 40, 50)
 LENGTH_BUCKETS: tuple[tuple[int, int | None], ...] = ((0, 5), (6, 10), (11, None))  # inclusive; None: no end
 
 
 def released_prompt(doc: Doc) -> str:
     return doc["prompt"].replace("<n>", "\n")
+
+
+def released_postprocess(prediction: str) -> str:
+    """The prediction as the reference scores it: up to a literal end-of-text marker, `<n>` as a newline."""
+    return prediction.split(END_OF_TEXT, 1)[0].replace("<n>", "\n").strip()
 
 
 def reference_list(doc: Doc) -> list[str]:
@@ -90,6 +101,7 @@ def instruction_task(name: str, local_file: str, hub_id: str, hub_files: str, de
         prompt=released_prompt,
         references=reference_list,
         scorer=score_response,
+        postprocess=released_postprocess,
         sampling=MINILLM_SAMPLING,
         seeds=MINILLM_SEEDS,
         metrics=(seed_mean("rougeL"), seed_mean("exact_match"), sample_mean("gen_length"),

@@ -254,3 +254,23 @@ def test_one_unreadable_cache_row_is_dropped_and_regenerated(data_dir, tmp_path,
     again = json.loads(run(data_dir, tmp_path)[0].read_text())["metrics"]
     assert again == first and backends[1].generated == 1
     assert "1 unreadable row(s)" in capsys.readouterr().err
+
+
+def test_each_document_samples_from_its_own_seed_reproducibly(tiny, tmp_path):
+    """Two documents with the same prompt differ under one run seed; a rerun, batched otherwise, repeats them."""
+    folder = tmp_path / "data" / "dolly"
+    folder.mkdir(parents=True)
+    row = {"instruction": "x", "input": "", "output": "a b", "prompt": "Name three colours.<n>### Response:<n>"}
+    (folder / "valid.jsonl").write_text((json.dumps(row) + "\n") * 4)
+
+    def predictions(output: str, batch_size: int) -> list[str]:
+        (path,) = evaluate(EvalConfig(model=str(tiny.teacher), tasks="dolly", data_dir=str(tmp_path / "data"),
+                                      output_dir=str(tmp_path / output), seeds=(10,), batch_size=batch_size,
+                                      gen_kwargs={"max_new_tokens": 24}, progress=False))
+        lines = (path.parent / "samples.jsonl").read_text().splitlines()
+        return [json.loads(line)["predictions"][0] for line in lines]
+
+    first = predictions("a", batch_size=4)
+    assert len(set(first)) > 1, first  # with one bare seed for every request all four were the same sample
+    assert predictions("b", batch_size=1) == first
+    assert runner.request_seed(10, 0) == runner.request_seed(10, 0) != runner.request_seed(10, 1)

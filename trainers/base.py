@@ -119,6 +119,8 @@ class Trainer:
     config_class: type = TrainConfig
     method: str = "base"
     needs_teacher: bool = False
+    dropout: bool = True  # False: the student stays in eval mode during its updates too
+    selection_metric: tuple[str, bool] = ("valid_loss", True)  # (logged metric, lower is better): the chosen checkpoint
 
     def __init__(self, config: TrainConfig, on_checkpoint: Callable[[Path, int], None] | None = None):
         self.config = config
@@ -280,7 +282,7 @@ class Trainer:
         A micro-batch counts `loss_weight` towards the step's objective when it carries one (MiniLLM mixes
         rollout and pre-training micro-batches); otherwise its share of the rows.
         """
-        self.model.train()
+        self.model.train(self.dropout)
         batches = self.micro_batches(step)
         rows = sum(self.batch_rows(batch) for batch in batches)
         sums: dict[str, float] = defaultdict(float)
@@ -343,14 +345,17 @@ class Trainer:
         return dict(zip(names, reduced.tolist(), strict=True))
 
     # ---- data and loss: what methods override ------------------------------------------------------------
-    def read_prompts(self) -> list[list[int]]:
+    def read_prompts(self, drop_long: bool = False) -> list[list[int]]:
         """Encoded training prompts alone, for methods whose targets are sampled (SeqKD, MiniLLM): the response
-        field is never read."""
+        field is never read. Prompts over `max_prompt_tokens` keep their last tokens, or with `drop_long` are left
+        out."""
         config = self.config
         path = Path(config.data_dir) / config.train_file
         rows = read_jsonl(path)[: config.max_train_samples]
-        return [encode_prompt(self.tokenizer, field(row, config.prompt_field, path), config.max_prompt_tokens)
-                for row in rows]
+        limit = config.max_prompt_tokens
+        # one token over the limit is enough to tell a long prompt
+        prompts = [encode_prompt(self.tokenizer, field(row, config.prompt_field, path), limit + 1) for row in rows]
+        return [ids[-limit:] for ids in prompts if not (drop_long and len(ids) > limit)]
 
     def read_examples(self, file_name: str, limit: int | None = None) -> list[Example]:
         config = self.config

@@ -10,12 +10,28 @@ Policy gradient over student samples with per-token reward r_t = log p(y_t | y_<
 PPO clipping (eps 0.2) over several epochs per rollout round, plus a language-model loss on pre-training text.
 Equation numbers follow the arXiv v4 text.
 
-Paper versus released code, each an option (default = paper): discount `gamma` (code 0.95), the current token in
-the return (`return_includes_current`, code true), advantage whitening (`whiten`, code true), no importance weight
-on the single-step term (`single_step_weighted`, code false), a pre-training term of 0.5 LM + 0.5 word-level KD
-(`pretrain_kd_ratio`, code 0.5), rewards scaled and clipped (`reward_scale` 2, `reward_clip` 100 in the code).
-Deviations: with gamma < 1 the normaliser stays the count of remaining tokens; whitening is per process and round;
-the importance weight and old log-probs come from the behaviour policy and are held fixed across PPO epochs.
+Paper versus released code (microsoft/LMOps `minillm/`), each an option; the plain config (`configs/minillm.yaml`
+and the defaults here) is the paper's form, `configs/minillm_gpt2.yaml` the code's, as its GPT-2 script
+`scripts/gpt2/minillm/train_base_xl.sh` runs it:
+
+| option | paper (default) | released code | source |
+|---|---|---|---|
+| `gamma` | 1 | 0.95 | arguments.py `--gamma` default |
+| `return_includes_current` | false (Eq. 6: from t+1) | true | losses.py `_get_advantages_and_returns` |
+| `whiten` | false | true, per PPO mini-batch, all processes | losses.py `ppo_loss` -> utils.py `whiten` |
+| `whiten_padded` | (no whitening) | true: over the padded response | utils.py `get_global_statistics` |
+| `weight_in_ratio` | true | true: clip(w_t * ratio) | losses.py `_pg_loss`, `ratio = ratio * w` |
+| `single_step_weighted` | true (Eq. 5) | false | losses.py `_reg_loss` has no w |
+| `pretrain_kd_ratio` | 0 (LM loss) | 0.5 (0.5 LM + 0.5 KD) | script `--kd-ratio 0.5`; losses.py `pt_loss` |
+| `reward_scale` | 1 | 2 | script `--reward-scaling 0.5` (divides); sampler.py |
+| `reward_clip` | none | 100 | script `--cliprange-reward 100`; sampler.py |
+| `long_prompts` | drop | drop | tools/process_data_dolly.py skips prompts over the limit |
+| `eval_rollouts` | 1000 | 1000, every 100 steps | script `--dev-num 1000`; trainer.py `evaluate_ppo` |
+
+Both keep the student in eval mode (no dropout) during its updates, as the code does (utils.py `get_model` calls
+`model.eval()` and nothing switches it back), and both choose the checkpoint by sampled validation ROUGE-L.
+Deviations: the importance weight and old log-probs come from the behaviour policy and are held fixed across PPO
+epochs; the code recomputes the student's log-probs in a second pass before the first update (the same weights).
 
 Rollouts come from the shared torch sampling loop, or with `rollout_backend=vllm` from vLLM engines serving the
 student and the teacher, mixed token by token from the same distribution (`engine_sampling.py`); log-probs,
@@ -32,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
+from harness.metrics.text import rouge_l
 from harness.trainers import register_trainer
 from harness.trainers.base import TrainConfig, Trainer
 from harness.trainers.data import (
@@ -117,15 +134,39 @@ def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values - mean) * torch.rsqrt(variance + 1e-8) * mask
 
 
+def whiten_minibatch(
+    values: torch.Tensor, mask: torch.Tensor, padded_width: int | None = None, reduce_sum=lambda t: t
+) -> torch.Tensor:
+    """Advantage whitening of one PPO mini-batch, with statistics summed over all processes by `reduce_sum`.
+
+    The released code (utils.py `whiten` and `get_global_statistics`, called from losses.py for each mini-batch)
+    takes the mean and population variance over every entry of the response tensor, padded to the full response
+    length with zero returns; with `padded_width` (that length) so does this. Without it only the response tokens
+    (`mask`) count. values, mask: (B, T) -> (B, T), padding -> 0.
+    """
+    mask = mask.to(values.dtype)
+    counted = mask if padded_width is None else torch.ones_like(mask)
+    # zero-padded columns beyond T change only the count: each adds (0 - mean)^2 to the squared deviations
+    missing = 0 if padded_width is None else values.shape[0] * max(0, padded_width - values.shape[1])
+    totals = reduce_sum(torch.stack([(values * mask).sum(), counted.sum() + missing]))
+    mean = totals[0] / totals[1].clamp(min=1)
+    squares = reduce_sum(((values - mean) ** 2 * counted).sum() + missing * mean**2)
+    return (values - mean) * torch.rsqrt(squares / totals[1].clamp(min=1) + 1e-8) * mask
+
+
 def ppo_clipped_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate for the long-term part (Sec. 2.3); returns (loss, fraction of clipped tokens).
 
-    loss = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps)), rho_t = q_theta(y_t) / q_old(y_t).
-    All inputs (B, T); advantages are constants.
+    loss = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps)), rho_t = w_t q_theta(y_t) / q_old(y_t).
+    `weights` (w_t, constants) enter the clipped ratio as in the released code (losses.py `_pg_loss`:
+    `ratio = ratio * w` before the clamp); None means w_t = 1. All inputs (B, T); advantages are constants.
     """
     ratio = (logprobs - old_logprobs).exp()
+    if weights is not None:
+        ratio = ratio * weights
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
@@ -157,7 +198,9 @@ class MiniLLMConfig(TrainConfig):
     length_normalise: bool = True
     gamma: float = 1.0  # code: 0.95
     return_includes_current: bool = False  # code: true
-    whiten: bool = False  # code: true
+    whiten: bool = False  # code: true (per PPO mini-batch, over all processes)
+    whiten_padded: bool = True  # code: true (statistics over the padded response); false: response tokens only
+    weight_in_ratio: bool = True  # code: true (w_t inside the clipped ratio); false: w_t scales the advantage
     single_step_weighted: bool = True  # code: false (drops w_t from the single-step term)
     reward_scale: float = 1.0  # code: 2.0
     reward_clip: float | None = None  # code: 100
@@ -166,7 +209,10 @@ class MiniLLMConfig(TrainConfig):
     pretrain_batch_size: int = 64  # pre-training sequences per optimizer step, all processes together
     pretrain_coef: float = 1.0
     pretrain_kd_ratio: float = 0.0  # code: 0.5 (0.5 LM + 0.5 word-level KD on pre-training text)
-    eval_rollouts: int = 32  # validation prompts whose student samples measure the reverse KL
+    # validation prompts sampled from the student alone (no n-gram ban) at every evaluation: their ROUGE-L against
+    # the validation responses (`valid_rougeL`, which chooses the checkpoint) and their reverse KL to the teacher
+    eval_rollouts: int = 1000  # code: --dev-num 1000
+    long_prompts: str = "drop"  # training prompts over max_prompt_tokens: drop (code's data preparation) or keep_tail
     # "torch": the shared sampling loop on the trained models. "vllm": vLLM engines for the student (weights
     # pushed after every optimizer step that changed them) and, when mix_alpha > 0, the teacher, in every
     # process on its own GPU. "auto": vllm when it is installed and a GPU is present, else torch.
@@ -177,12 +223,16 @@ class MiniLLMConfig(TrainConfig):
         super().__post_init__()
         if self.rollout_backend not in ("torch", "vllm", "auto"):
             raise HarnessError(f"rollout_backend={self.rollout_backend!r}: choose torch, vllm or auto")
+        if self.long_prompts not in ("drop", "keep_tail"):
+            raise HarnessError(f"long_prompts={self.long_prompts!r}: choose drop or keep_tail")
 
 
 @register_trainer("minillm")
 class MiniLLMTrainer(Trainer):
     config_class = MiniLLMConfig
     needs_teacher = True
+    dropout = False  # the released code never leaves eval mode (utils.py `get_model` calls `model.eval()`)
+    selection_metric = ("valid_rougeL", False)  # the reference picks its checkpoint by validation ROUGE-L
     engines: EngineSampler | None = None  # vLLM rollouts, when rollout_backend resolves to vllm
 
     def setup(self) -> None:
@@ -220,8 +270,14 @@ class MiniLLMTrainer(Trainer):
         config = self.config
         if config.rollouts_per_round % config.batch_size:
             raise HarnessError("rollouts_per_round must be a multiple of batch_size (the PPO mini-batch)")
-        self.prompts = self.read_prompts()  # the targets are the student's own samples
+        self.prompts = self.read_prompts(drop_long=config.long_prompts == "drop")  # targets: the student's samples
+        if not self.prompts:
+            raise HarnessError(f"every training prompt is over max_prompt_tokens={config.max_prompt_tokens}: "
+                               "raise it or set long_prompts=keep_tail")
         self.valid_examples = self.read_examples(config.valid_file, config.max_eval_samples)
+        valid = Path(config.data_dir) / config.valid_file
+        self.valid_references = [field(row, config.response_field, valid)
+                                 for row in read_jsonl(valid)[: config.max_eval_samples]]
         self.pretrain_chunks = []
         if config.pretrain_file and config.pretrain_batch_size > 0:
             pretrain = config.data_dir / config.pretrain_file
@@ -245,8 +301,6 @@ class MiniLLMTrainer(Trainer):
         parts = [self.score(self.sample(part)) for part in chunked(mine, config.rollout_batch_size)]
         buffer = merge_rollouts(parts, self.tokenizer.pad_token_id)
         mask = buffer["response_mask"].float()
-        returns = whiten(buffer["returns"], mask) if config.whiten else buffer["returns"]
-        buffer["advantages"] = buffer["weights"] * returns
         self.buffer = buffer
         self.round_stats = {"response_length": mask.sum(1).mean().item(),
                             "rollout_reverse_kl": buffer["seq_reverse_kl"].mean().item()}
@@ -293,9 +347,22 @@ class MiniLLMTrainer(Trainer):
         if not self.pending:
             self.rollout_round((step - 1) // self.steps_per_round)
         groups = self.pending.pop(0)
-        rows = sum(len(g) for g in groups)
-        batches = [{**self.to_device(trim(self.buffer, group)), "loss_weight": len(group) / rows} for group in groups]
+        rows = torch.cat(groups)
+        minibatch = {name: tensor[rows] for name, tensor in self.buffer.items()}
+        minibatch["advantages"] = self.advantages(minibatch)
+        ends = torch.tensor([len(group) for group in groups]).cumsum(0).tolist()
+        batches = [{**self.to_device(trim(minibatch, torch.arange(end - len(group), end))),
+                    "loss_weight": len(group) / len(rows)} for group, end in zip(groups, ends)]
         return batches + self.pretrain_batches(step)
+
+    def advantages(self, minibatch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The returns of this step's PPO mini-batch (this process's rows), whitened over the whole mini-batch."""
+        config, returns = self.config, minibatch["returns"]
+        if config.whiten:
+            returns = whiten_minibatch(returns, minibatch["response_mask"], config.max_new_tokens
+                                       if config.whiten_padded else None,
+                                       lambda t: self.accelerator.reduce(t.to(self.accelerator.device), "sum").cpu())
+        return returns if config.weight_in_ratio else minibatch["weights"] * returns
 
     def pretrain_batches(self, step: int) -> list[dict]:
         config, state = self.config, self.accelerator
@@ -322,7 +389,7 @@ class MiniLLMTrainer(Trainer):
         mask = batch["response_mask"].float()
         logprobs = token_logprobs(logits, batch["response_ids"])
         long_term, clipped = ppo_clipped_loss(logprobs, batch["old_logprobs"], batch["advantages"], mask,
-                                              config.clip_eps)
+                                              config.clip_eps, batch["weights"] if config.weight_in_ratio else None)
         reverse_kl = token_reverse_kl(logits, teacher_logits)  # (B, T)
         weights = batch["weights"] if config.single_step_weighted else torch.ones_like(mask)
         single_step = masked_mean(weights * reverse_kl, mask)
@@ -345,9 +412,9 @@ class MiniLLMTrainer(Trainer):
     # -- evaluation and resume --
     def evaluate(self) -> dict[str, float]:
         results = super().evaluate()
-        prompts = [example.prompt_ids for example in self.valid_examples[: self.config.eval_rollouts]]
-        results["valid_reverse_kl"] = measure_reverse_kl(self, prompts)
-        return results
+        count = self.config.eval_rollouts
+        prompts = [example.prompt_ids for example in self.valid_examples[:count]]
+        return {**results, **validation_samples(self, prompts, self.valid_references[:count])}
 
     def extra_state(self) -> dict:
         return {"buffer": self.buffer, "pending": self.pending, "round_stats": self.round_stats,
@@ -390,17 +457,35 @@ def merge_rollouts(parts: list[dict[str, torch.Tensor]], pad_id: int) -> dict[st
 
 
 @torch.no_grad()
-def measure_reverse_kl(trainer: MiniLLMTrainer, prompts: list[list[int]]) -> float:
-    """Mean over tokens of the exact KL(q || p) along pure student samples (alpha 0) of `prompts`."""
+def validation_samples(trainer: MiniLLMTrainer, prompts: list[list[int]],
+                       references: list[str | list[str]] | None = None) -> dict[str, float]:
+    """Pure student samples (alpha 0) of `prompts`, scored two ways: `valid_reverse_kl`, the mean over tokens of the
+    exact KL(q || p) along them, and, given `references`, `valid_rougeL`, their mean ROUGE-L F (x100) against
+    them (the reference code's `evaluate_ppo`: sampled with the training settings, no n-gram ban)."""
     state = trainer.accelerator
-    totals = torch.zeros(2, device=state.device)
+    mine = shard(list(range(len(prompts))), state.process_index, state.num_processes)
+    totals = torch.zeros(4, device=state.device)  # KL sum, tokens, ROUGE-L sum, responses
     trainer.student.eval()
-    for part in chunked(shard(prompts, state.process_index, state.num_processes), trainer.config.rollout_batch_size):
-        rollout = trainer.sample(part, mix_alpha=0.0).to(state.device)
+    for part in chunked(mine, trainer.config.rollout_batch_size):
+        rollout = trainer.sample([prompts[i] for i in part], mix_alpha=0.0).to(state.device)
         with state.autocast():
             kl = token_reverse_kl(response_logits(trainer.student, rollout, trainer.vocab_size),
                                   response_logits(trainer.teacher, rollout, trainer.vocab_size))
         mask = rollout.response_mask.float()
-        totals += torch.stack([(kl * mask).sum(), mask.sum()])
+        totals[:2] += torch.stack([(kl * mask).sum(), mask.sum()])
+        if references is not None:
+            texts = trainer.tokenizer.batch_decode(rollout.response_ids.masked_fill(~rollout.response_mask.bool(),
+                                                   trainer.tokenizer.pad_token_id), skip_special_tokens=True)
+            scores = [rouge_l(text.strip(), [references[i]] if isinstance(references[i], str) else references[i])
+                      for i, text in zip(part, texts)]
+            totals[2:] += torch.tensor([100.0 * sum(scores), len(scores)], device=state.device)
     totals = state.reduce(totals, "sum")
-    return (totals[0] / totals[1].clamp(min=1)).item() if totals[1] > 0 else float("nan")
+    results = {"valid_reverse_kl": (totals[0] / totals[1]).item() if totals[1] > 0 else float("nan")}
+    if references is not None:
+        results["valid_rougeL"] = (totals[2] / totals[3]).item() if totals[3] > 0 else float("nan")
+    return results
+
+
+def measure_reverse_kl(trainer: MiniLLMTrainer, prompts: list[list[int]]) -> float:
+    """Mean over tokens of the exact KL(q || p) along pure student samples (alpha 0) of `prompts`."""
+    return validation_samples(trainer, prompts)["valid_reverse_kl"]

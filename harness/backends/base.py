@@ -28,10 +28,21 @@ class SamplingSettings:
     top_k: int = 0
     no_repeat_ngram_size: int = 0
     stop: tuple[str, ...] = ()
-    max_prompt_tokens: int | None = None  # keep the last N prompt tokens (MiniLLM truncates prompts to 256)
+    max_prompt_tokens: int | None = None  # at most N prompt tokens
+    truncation_side: str = "left"  # cut long prompts on the left (keep the end) or "right" (keep the start)
+
+    def __post_init__(self) -> None:
+        if self.truncation_side not in ("left", "right"):
+            raise HarnessError(f"truncation_side={self.truncation_side!r}: choose left or right")
 
     def replace(self, **changes) -> SamplingSettings:
         return dataclasses.replace(self, **changes)
+
+    def truncate(self, ids: list[int], max_length: int) -> list[int]:
+        """Prompt ids cut to `max_prompt_tokens` on `truncation_side` and to leave room for the new tokens in
+        `max_length`."""
+        limit = prompt_token_limit(self, max_length)
+        return ids[:limit] if self.truncation_side == "right" else ids[-limit:]
 
     @property
     def greedy(self) -> bool:
@@ -63,15 +74,18 @@ class LoglikelihoodResult:
 _TOKEN_CHARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def keep_tail(text: str, max_tokens: int, tokenizer: Any) -> str:
-    """The end of `text` that still holds its last `max_tokens` tokens, cut before tokenising so that memory stays
-    bounded whatever a data file holds (a 50 MB prompt drove a fast tokenizer to 10 GB). No token spans more
-    characters than the longest vocabulary entry, so twice `max_tokens` such spans leave the last `max_tokens`
-    tokens as the whole text would give them; only text the model could never see is dropped."""
+def keep_tail(text: str, max_tokens: int, tokenizer: Any, side: str = "left") -> str:
+    """The end of `text` that still holds its last `max_tokens` tokens (with `side="right"`, the start that holds
+    its first ones), cut before tokenising so that memory stays bounded whatever a data file holds (a 50 MB prompt
+    drove a fast tokenizer to 10 GB). No token spans more characters than the longest vocabulary entry, so twice
+    `max_tokens` such spans leave those tokens as the whole text would give them; only text the model could never
+    see is dropped."""
     if tokenizer not in _TOKEN_CHARS:
         _TOKEN_CHARS[tokenizer] = max(len(token) for token in tokenizer.get_vocab())
     budget = 2 * max(max_tokens, 1) * _TOKEN_CHARS[tokenizer] + 64
-    return text if len(text) <= budget else text[-budget:]
+    if len(text) <= budget:
+        return text
+    return text[:budget] if side == "right" else text[-budget:]
 
 
 def prompt_token_limit(settings: SamplingSettings, context_length: int) -> int:
@@ -79,6 +93,16 @@ def prompt_token_limit(settings: SamplingSettings, context_length: int) -> int:
     room = context_length - settings.max_new_tokens
     limit = min(settings.max_prompt_tokens, room) if settings.max_prompt_tokens else room
     return max(limit, 1)
+
+
+def encode_prompts(tokenizer: Any, requests: Sequence[GenerationRequest], context_length: int,
+                   add_special_tokens: bool = True) -> list[list[int]]:
+    """Each request's prompt ids as the model sees them (`SamplingSettings.truncate`), the text first cut to a
+    bounded size (`keep_tail`); one tokenizer call for the list."""
+    texts = [keep_tail(r.prompt, prompt_token_limit(r.settings, context_length), tokenizer, r.settings.truncation_side)
+             for r in requests]
+    encoded = tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"] if texts else []
+    return [r.settings.truncate(ids, context_length) for ids, r in zip(encoded, requests, strict=True)]
 
 
 def split_requests(

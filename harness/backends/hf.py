@@ -25,8 +25,7 @@ from harness.backends.base import (
     LoglikelihoodResult,
     SamplingSettings,
     cut_at_stop,
-    keep_tail,
-    prompt_token_limit,
+    encode_prompts,
     split_requests,
 )
 from harness.errors import HarnessError
@@ -177,8 +176,7 @@ class HFBackend(Backend):
         return results  # type: ignore[return-value]
 
     def _encode_prompt(self, request: GenerationRequest) -> list[int]:
-        limit = prompt_token_limit(request.settings, self.max_length)
-        return self.tokenizer(keep_tail(request.prompt, limit, self.tokenizer))["input_ids"][-limit:]
+        return encode_prompts(self.tokenizer, [request], self.max_length)[0]
 
     def _new_row(self, index: int, request: GenerationRequest, tokens: list[int]) -> _Row:
         settings = request.settings

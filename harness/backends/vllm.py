@@ -51,8 +51,7 @@ from harness.backends.base import (
     LoglikelihoodResult,
     SamplingSettings,
     cut_at_stop,
-    keep_tail,
-    prompt_token_limit,
+    encode_prompts,
     split_requests,
 )
 from harness.errors import HarnessError
@@ -171,12 +170,9 @@ class VLLMBackend(Backend):
         return self._llm
 
     def _prompt_ids(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
-        """Prompt ids, cut from the left to `max_prompt_tokens` and to leave room for the new tokens."""
+        """Prompt ids, cut to `max_prompt_tokens` and to leave room for the new tokens."""
         # One batched call: the fast tokenizer spreads it over threads.
-        limits = [prompt_token_limit(r.settings, self.max_model_len) for r in requests]
-        prompts = [keep_tail(r.prompt, limit, self.tokenizer) for r, limit in zip(requests, limits, strict=True)]
-        encoded = self.tokenizer(prompts)["input_ids"]
-        return [ids[-limit:] for ids, limit in zip(encoded, limits, strict=True)]
+        return encode_prompts(self.tokenizer, requests, self.max_model_len)
 
     @staticmethod
     def _sampling_params(request: GenerationRequest) -> SamplingParams:

@@ -152,6 +152,21 @@ def test_training_checkpoints_are_named_and_plotted(tmp_path: Path) -> None:
     assert "training_curves" not in (out / "leaderboard.html").read_text()
 
 
+def test_the_checkpoint_chosen_by_validation_is_the_methods_row(tmp_path: Path) -> None:
+    root, out = tmp_path / "runs", tmp_path / "report"
+    for step, score in [(100, 30.0), (200, 19.0)]:  # the later checkpoint scores lower on test
+        write_result(root, f"minillm-{step}", "dolly", {"rougeL": score}, model="student",
+                     training={"method": "minillm", "step": step})
+    write_result(root, "minillm-chosen", "dolly", {"rougeL": 19.0}, model="student",
+                 training={"method": "minillm", "step": 200, "selected_by": "valid_rougeL"})
+    write_leaderboard(root, out)
+    markdown = (out / "leaderboard.md").read_text()
+    names = [row[0] for row in table_after(markdown, "# Leaderboard")[1:]]
+    assert names == ["minillm (@200, by valid_rougeL)"]  # not the better test score at step 100
+    assert {"minillm@100", "minillm@200"} <= {row[0] for row in table_after(markdown, "## dolly")[1:]}
+    assert "population standard deviation of the per-seed means" in markdown
+
+
 def test_repeated_model_and_task_keeps_the_newest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_result(tmp_path / "old", "teacher", "dolly", {"rougeL": 1.0}, suites=(),
                  created="2026-01-01T00:00:00Z")

@@ -37,3 +37,17 @@ def test_suite_runs_on_the_tiny_teacher_and_scores_match_a_direct_computation(ti
         assert record["metrics"]["rougeL"] == pytest.approx(sum(direct) / len(direct) * 100)
         assert record["num_docs"] == 3 and all(len(s["predictions"]) == 2 for s in samples)
         assert record["metrics"]["reference_loss"] > 0
+
+
+def test_the_suite_keeps_the_first_prompt_tokens_and_cleans_predictions_as_the_reference():
+    from harness.backends.base import SamplingSettings
+    from harness.tasks.instruct import released_postprocess
+
+    settings = get_task("dolly").sampling
+    assert (settings.max_prompt_tokens, settings.truncation_side) == (256, "right")
+    ids = list(range(300))
+    assert settings.truncate(ids, max_length=1024) == ids[:256]
+    assert SamplingSettings(max_prompt_tokens=256).truncate(ids, max_length=1024) == ids[-256:]  # the default side
+    assert settings.truncate(ids, max_length=300) == ids[:44]  # room for the 256 new tokens comes first
+    assert released_postprocess(" one<n>two<|endoftext|>three<n> ") == "one\ntwo"
+    assert get_task("dolly").postprocess is released_postprocess

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness.config import load
 from harness.errors import HarnessError
@@ -30,7 +31,23 @@ def test_paper_settings_of_the_gpt2_minillm_recipe():
     config = load(config_class("minillm"), CONFIGS / "minillm_gpt2.yaml")
     assert (config.lr, config.warmup_steps, config.betas, config.weight_decay) == (5e-6, 100, (0.9, 0.95), 1e-6)
     assert (config.rollouts_per_round, config.ppo_epochs, config.batch_size, config.max_steps) == (256, 4, 64, 5000)
-    assert (config.mix_alpha, config.clip_eps, config.gamma, config.length_normalise) == (0.2, 0.2, 1.0, True)
+    assert (config.mix_alpha, config.clip_eps, config.length_normalise) == (0.2, 0.2, True)
+
+
+def test_gpt2_minillm_recipe_is_the_released_code_and_the_plain_one_the_paper(capsys):
+    from harness.cli import main
+
+    assert main(["train", "minillm", "--config", str(CONFIGS / "minillm_gpt2.yaml"), "--show-config"]) in (0, None)
+    shown = yaml.safe_load(capsys.readouterr().out)
+    code = {"gamma": 0.95, "return_includes_current": True, "whiten": True, "whiten_padded": True,
+            "weight_in_ratio": True, "single_step_weighted": False, "reward_scale": 2.0, "reward_clip": 100.0,
+            "pretrain_kd_ratio": 0.5, "eval_rollouts": 1000, "long_prompts": "drop"}
+    assert {name: shown[name] for name in code} == code
+    paper = load(config_class("minillm"), CONFIGS / "minillm.yaml")
+    assert (paper.gamma, paper.return_includes_current, paper.whiten, paper.single_step_weighted) == \
+        (1.0, False, False, True)
+    assert (paper.reward_scale, paper.reward_clip, paper.pretrain_kd_ratio, paper.weight_in_ratio) == \
+        (1.0, None, 0.0, True)
 
 
 def test_unknown_keys_and_bad_values_are_user_errors(tmp_path):

@@ -15,6 +15,7 @@ from harness.trainers.minillm import (
     token_reverse_kl,
     token_rewards,
     whiten,
+    whiten_minibatch,
 )
 from harness.trainers.sft import cross_entropy
 
@@ -91,6 +92,39 @@ def test_ppo_does_not_clip_in_the_direction_that_lowers_the_objective():
     loss, clipped = ppo_clipped_loss(torch.log(torch.tensor([[0.5]])), torch.zeros(1, 1), torch.ones(1, 1),
                                      torch.ones(1, 1), 0.2)
     assert loss.item() == pytest.approx(-0.5) and clipped.item() == 0
+
+
+def test_the_importance_weight_alone_can_push_the_ratio_out_of_the_clip_region():
+    # the policy has not moved (q = q_old), but w = 1.5 and 0.5 put w * ratio outside [0.8, 1.2]: both are clipped
+    new = torch.zeros(1, 3, requires_grad=True)
+    weights, advantages = torch.tensor([[1.5, 0.5, 1.1]]), torch.tensor([[1.0, -1.0, 1.0]])
+    loss, clipped = ppo_clipped_loss(new, torch.zeros(1, 3), advantages, torch.ones(1, 3), 0.2, weights)
+    assert loss.item() == pytest.approx((-1.2 + 0.8 - 1.1) / 3, rel=1e-6)
+    assert clipped.item() == pytest.approx(2 / 3)
+    loss.backward()
+    assert new.grad[0, :2].tolist() == [0.0, 0.0] and new.grad[0, 2].item() == pytest.approx(-1.1 / 3)
+    # the earlier form, w on the advantage outside the clip, never clips an unmoved policy
+    _, clipped = ppo_clipped_loss(torch.zeros(1, 3), torch.zeros(1, 3), weights * advantages, torch.ones(1, 3), 0.2)
+    assert clipped.item() == 0
+
+
+def test_minibatch_whitening_matches_the_reference_statistics():
+    values = _logits(2, 3) + 3
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.float64)
+    values = values * mask  # returns are zero on padding, as the trainer stores them
+    # the code's form: mean and population variance over the response padded to its full length (here 5)
+    padded = F.pad(values, (0, 2))
+    mean, variance = padded.mean(), padded.var(unbiased=False)
+    expected = (values - mean) / torch.sqrt(variance + 1e-8) * mask
+    assert torch.allclose(whiten_minibatch(values, mask, padded_width=5), expected)
+    # masked form: the response tokens only
+    kept = values[mask.bool()]
+    expected = (values - kept.mean()) / torch.sqrt(kept.var(unbiased=False) + 1e-8) * mask
+    assert torch.allclose(whiten_minibatch(values, mask), expected)
+    # statistics summed over processes: a second process holding the same rows doubles every sum and count,
+    # which leaves mean and variance, and so the result, unchanged only if all of them go through the reduction
+    doubled = whiten_minibatch(values, mask, 5, lambda t: 2 * t)
+    assert torch.allclose(doubled, whiten_minibatch(values, mask, padded_width=5))
 
 
 def test_whiten_gives_zero_mean_unit_variance_on_the_mask():

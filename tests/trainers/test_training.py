@@ -97,3 +97,59 @@ def test_minillm_lowers_the_reverse_kl_to_the_teacher_on_held_out_prompts(synth,
     log = _log(tmp_path)
     for name in ("pg_loss", "single_step_loss", "pt_loss", "reverse_kl", "response_length", "clip_fraction"):
         assert all(name in record for record in log), name
+
+
+def _student_with_dropout(synth, folder: Path) -> Path:
+    """The tiny student with attention dropout 0.5, so any update run in train mode would be noisy."""
+    import shutil
+
+    shutil.copytree(synth.student, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.5}))
+    return folder
+
+
+def test_minillm_updates_run_without_dropout(synth, overrides, tmp_path):
+    from harness.trainers.sampling import Rollout, response_logits, token_logprobs
+
+    config = load(MiniLLMConfig, None, overrides(tmp_path / "run") + [
+        f"model={_student_with_dropout(synth, tmp_path / 'student')}", "batch_size=4", "micro_batch_size=4",
+        "rollouts_per_round=4", "ppo_epochs=1", "rollout_batch_size=4", "max_new_tokens=8", "max_steps=1",
+        "pretrain_batch_size=0"])
+    trainer = MiniLLMTrainer(config)
+    trainer.setup()
+    passes = []
+    compute_loss = trainer.compute_loss
+
+    def twice(batch):  # two forward passes of the model being updated, as the loss sees it
+        rollout = Rollout(batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"])
+        passes.append([token_logprobs(response_logits(trainer.model, rollout, trainer.vocab_size),
+                                      batch["response_ids"]) for _ in range(2)])
+        return compute_loss(batch)
+
+    trainer.compute_loss = twice
+    trainer.optimizer_step(1)
+    assert passes and all(torch.equal(first, second) for first, second in passes)
+    batch = trainer.micro_batches(2)[0]
+    trainer.model.train()  # the same passes with dropout on differ: the check above can fail
+    twice(batch)
+    assert not torch.equal(*passes[-1])
+
+
+def test_minillm_drops_long_training_prompts_and_logs_validation_rouge(synth, overrides, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = read_jsonl(synth.data / "train.jsonl")[:8]
+    rows[0] = {**rows[0], "prompt": rows[0]["prompt"] + " word" * 300}  # longer than max_prompt_tokens=256
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("valid.jsonl", "pretrain.jsonl"):
+        (data / name).write_text((synth.data / name).read_text())
+    settings = overrides(tmp_path / "run") + [f"data_dir={data}", "batch_size=4", "micro_batch_size=4",
+                                              "rollouts_per_round=4", "rollout_batch_size=4", "max_new_tokens=8",
+                                              "max_steps=1", "eval_rollouts=8", "pretrain_batch_size=0"]
+    for choice, kept in (("drop", 7), ("keep_tail", 8)):
+        trainer = MiniLLMTrainer(load(MiniLLMConfig, None, settings + [f"long_prompts={choice}"]))
+        trainer.setup()
+        assert len(trainer.prompts) == kept and all(len(p) <= 256 for p in trainer.prompts)
+    scores = trainer.evaluate()
+    assert 0 <= scores["valid_rougeL"] <= 100 and scores["valid_reverse_kl"] > 0
