@@ -91,11 +91,12 @@ def annotate(doc: Doc, prediction: str) -> dict[str, Any]:
     return {"extracted": answer, "method": method}
 
 
-def verify(golds: list[str], predictions: list[str]) -> list[dict[str, float]]:
-    """Correctness and fallback flag of each prediction, all verified in one parallel call."""
+def verify(golds: list[str], predictions: list[str], timeout: float = VERIFY_TIMEOUT) -> list[dict[str, float]]:
+    """Correctness and fallback flag of each prediction, all verified in one parallel call (also the RLVR
+    reward: `correct` is `math_reward` of each prediction)."""
     extracted = [extract_answer(prediction) for prediction in predictions]
     to_check = [i for i, (answer, _) in enumerate(extracted) if answer is not None]
-    verdicts = math_equal_many([(golds[i], extracted[i][0]) for i in to_check], timeout=VERIFY_TIMEOUT)
+    verdicts = math_equal_many([(golds[i], extracted[i][0]) for i in to_check], timeout=timeout)
     correct = dict(zip(to_check, verdicts))
     return [{"correct": float(correct.get(i, False)), "fallback": float(method == "last_number")}
             for i, (_, method) in enumerate(extracted)]
