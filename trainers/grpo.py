@@ -55,17 +55,19 @@ def group_advantages(rewards: torch.Tensor, group_size: int, std: bool = True, e
 
 def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
               clip_low: float, clip_high: float, aggregation: str, max_length: int,
-              ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0,
+              ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0, kl_ratio_weighted: bool = False,
               entropies: torch.Tensor | None = None, entropy_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
     """The GRPO objective (Eq. 3 of DeepSeekMath, k3 KL) on one batch; all tensors (B, T), advantages per token.
 
+    `kl_ratio_weighted` multiplies the KL term by the ratio pi / pi_old (DeepSeek-V3.2's unbiased KL gradient).
     Returns the loss and the floats to log (clip fraction, KL, entropy).
     """
     losses, clipped = clipped_ratio_loss(logprobs, old_logprobs, advantages, clip_low, clip_high)
     stats = {"clip_fraction": masked_mean(clipped.float(), mask).item()}
     if kl_coef:
         kl = k3_kl(logprobs, ref_logprobs)
-        losses = losses + kl_coef * kl
+        weighted = kl * (logprobs - old_logprobs).exp() if kl_ratio_weighted else kl
+        losses = losses + kl_coef * weighted
         stats["kl"] = masked_mean(kl, mask).item()
     loss = aggregate(losses, mask, aggregation, max_length)
     if entropies is not None:
@@ -100,6 +102,7 @@ class GRPOConfig(OnPolicyConfig):
     clip_low: float = 0.2
     clip_high: float = 0.2  # DAPO: 0.28
     kl_coef: float = 0.0  # the paper: 0.04 (k3 KL to the reference policy)
+    kl_ratio_weighted: bool = False  # TRL: true (use_bias_correction_kl, the KL term times pi / pi_old)
     reference: str | None = None  # the frozen reference policy for the KL term; default: the initial model
     entropy_coef: float = 0.0
     reward_timeout: float = 5.0  # seconds per answer for the math verifier; an overrun scores 0
@@ -231,7 +234,7 @@ class GRPOTrainer(OnPolicyTrainer):
             logprobs, batch.get("old_logprobs", logprobs.detach()), batch["advantages"],
             batch["response_mask"].float(), clip_low=config.clip_low, clip_high=config.clip_high,
             aggregation=config.loss_aggregation, max_length=config.max_new_tokens,
-            ref_logprobs=batch.get("ref_logprobs"), kl_coef=config.kl_coef,
+            ref_logprobs=batch.get("ref_logprobs"), kl_coef=config.kl_coef, kl_ratio_weighted=config.kl_ratio_weighted,
             entropies=token_entropy(logits) if config.entropy_coef else None, entropy_coef=config.entropy_coef)
         return loss, {"pg_loss": loss.item(), **stats}
 
