@@ -28,7 +28,7 @@ SFT_INIT = ("max_steps=600", "lr=2.0e-3", "warmup_steps=30", "eval_every=300", "
 # The tiny math policy's SFT initialisation on the expert solutions (configs/sft.yaml otherwise): short, so that the
 # policy writes the format but solves only a minority, leaving the reward and the guidance something to do. The
 # SFT-then-RL baseline runs the same SFT once more from it before its GRPO.
-RLVR_SFT = ("max_steps=RLVR_SFT_STEPS", "lr=2.0e-3", "warmup_steps=10", "batch_size=32", "eval_every=0",
+RLVR_SFT = ("max_steps=120", "lr=2.0e-3", "warmup_steps=10", "batch_size=32", "eval_every=0",
             "save_every=0", "max_eval_samples=64", "max_length=128")
 
 
