@@ -76,6 +76,10 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
     add("--chat-template", action="store_true", default=None,
         help="wrap each prompt in the model's chat template as one user turn (default: plain prompts)")
+    _add_engine_arguments(parser)
+
+
+def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     vllm = parser.add_argument_group("vLLM engine options")
     vllm.add_argument("--tensor-parallel-size", type=int)
     vllm.add_argument("--data-parallel-size", type=int)
@@ -88,15 +92,19 @@ _ENGINE_OPTIONS = ("tensor_parallel_size", "data_parallel_size", "gpu_memory_uti
                    "enforce_eager")
 
 
-def eval_config_from_args(args: argparse.Namespace):
+def eval_config_from_args(args: argparse.Namespace, recipe: bool = False):
+    """The EvalConfig of `harness eval`'s flags; with `recipe` (train-and-eval), --config is the training recipe
+    and the method and its overrides are not evaluation settings."""
     from harness import config as configuration
     from harness.runner import EvalConfig
 
     given = {key: value for key, value in vars(args).items() if value is not None}
     engine = {key: given.pop(key) for key in _ENGINE_OPTIONS if key in given}
     path = given.pop("config", None)
-    for key in ("command", "handler"):
+    for key in ("command", "handler", "method", "overrides"):
         given.pop(key, None)
+    if recipe:
+        path = None
     settings = configuration.read_yaml(path) if path else {}
     settings.update(given)
     if engine:
@@ -189,24 +197,28 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(path)
 
 
+RLVR_METHODS = ("grpo", "trapo")
+
+
 def cmd_train_and_eval(args: argparse.Namespace) -> None:
-    from harness.pipeline import PipelineSettings, tiny_distillation, train_and_evaluate
+    from harness.pipeline import tiny_distillation, tiny_rlvr, train_and_evaluate
     from harness.reports import write_leaderboard
 
-    settings = PipelineSettings(tasks=args.tasks, output_dir=args.output_dir, data_dir=args.data_dir,
-                                limit=args.limit, seeds=args.seeds, backend=args.backend,
-                                progress=args.progress)
-    if args.config is None and not args.overrides and args.method == "minillm":
-        timings = tiny_distillation(settings)
+    if args.tasks is None:
+        args.tasks = "math_synth" if args.method in RLVR_METHODS else "synth"
+    evaluation = eval_config_from_args(args, recipe=True)
+    tiny = args.config is None and not args.overrides
+    if tiny and args.method in ("minillm", "trapo"):
+        timings = tiny_distillation(evaluation) if args.method == "minillm" else tiny_rlvr(evaluation)
         print("stage seconds: " + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in timings.items()))
     else:
-        train_and_evaluate(args.method, args.config, args.overrides, settings)
-    for path in write_leaderboard(Path(args.output_dir)):
+        train_and_evaluate(args.method, args.config, args.overrides, evaluation)
+    for path in write_leaderboard(Path(evaluation.output_dir)):
         print(path)
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("method", help="sft, kd, seqkd or minillm (or a plug-in trainer)")
+    parser.add_argument("method", help="sft, kd, seqkd, minillm, grpo or trapo (or a plug-in trainer)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe settings to override, e.g. lr=1e-4")
     parser.add_argument("--config", help="YAML recipe (default: configs/METHOD.yaml, the tiny CPU recipe)")
 
@@ -248,16 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
                                "overrides) and exit without training")
     both = command("train-and-eval", cmd_train_and_eval,
                    "train, evaluate every checkpoint as soon as it is written, then write the leaderboard; "
-                   "`harness train-and-eval minillm` alone runs the built-in tiny recipe (teacher, SFT-initialised "
-                   "student, SFT/KD/SeqKD/MiniLLM students) on the CPU in minutes")
+                   "`harness train-and-eval minillm` alone runs the built-in tiny distillation recipe (teacher, "
+                   "SFT-initialised student, SFT/KD/SeqKD/MiniLLM students) on the CPU in minutes; "
+                   "`harness train-and-eval trapo` alone the tiny RLVR recipe (GRPO, SFT-then-RL, TRAPO)")
     _add_train_arguments(both)
-    both.add_argument("--tasks", default="synth", help="tasks evaluated at each checkpoint (default: synth)")
+    both.add_argument("--tasks", help="tasks evaluated at each checkpoint (default: math_synth for grpo and trapo, "
+                      "else synth)")
     both.add_argument("--output-dir", default="runs", help="results root (default: runs)")
     both.add_argument("--data-dir", help="data folder for the evaluation tasks")
     both.add_argument("--limit", type=int, help="evaluate only the first N rows of each task")
     both.add_argument("--seeds", type=_csv_ints, help="sampling seeds of the evaluation (default: the task's)")
+    both.add_argument("--samples", type=int, help="samples per prompt of the evaluation, e.g. 32 for avg@32")
+    both.add_argument("--gen-kwargs", type=parse_gen_kwargs, help="decoding overrides of the evaluation, as for eval")
+    both.add_argument("--chat-template", action="store_true", default=None,
+                      help="evaluate with prompts wrapped in the model's chat template")
     both.add_argument("--backend", default="hf", choices=["hf", "vllm", "auto"])
-    both.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    both.add_argument("--batch-size", type=int, help="batch size of the transformers backend (default: 32)")
+    both.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
+    _add_engine_arguments(both)
     return parser
 
 

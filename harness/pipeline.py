@@ -1,15 +1,19 @@
 """Train, then evaluate every checkpoint the moment it is written, then draw the leaderboard.
 
-`train_and_evaluate` does this for one method and recipe. `tiny_distillation` is the built-in recipe behind
-`harness train-and-eval minillm` with no config: the tiny teacher, a student initialised by SFT (the checkpoint with
-the lowest validation loss), then SFT, KD, SeqKD and MiniLLM students from it, all evaluated on `synth`.
+`train_and_evaluate` does this for one method and recipe; every checkpoint is evaluated with one `EvalConfig` (the
+`harness eval` settings: tasks, decoding, samples, chat template, engine options), only the model and its name
+changing. `tiny_distillation` is the built-in recipe behind `harness train-and-eval minillm` with no config: the
+tiny teacher, a student initialised by SFT (the checkpoint with the lowest validation loss), then SFT, KD, SeqKD and
+MiniLLM students from it, all evaluated on `synth`. `tiny_rlvr` is the one behind `harness train-and-eval trapo`:
+the tiny math policy initialised by a short SFT, then GRPO, SFT-then-RL and TRAPO from it with equal step
+budgets, all evaluated on `math_synth`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 
@@ -21,19 +25,11 @@ DISTILLATION_METHODS = ("sft", "kd", "seqkd", "minillm")
 # The tiny student's SFT initialisation: configs/sft.yaml with a higher rate and its own length, so the student
 # clearly knows the task yet stays below the teacher, leaving something to distil.
 SFT_INIT = ("max_steps=600", "lr=2.0e-3", "warmup_steps=30", "eval_every=300", "save_every=300")
-
-
-@dataclass
-class PipelineSettings:
-    """How checkpoints are evaluated; the recipe says how they are trained."""
-
-    tasks: str = "synth"
-    output_dir: str = "runs"
-    data_dir: str | None = None
-    limit: int | None = None
-    seeds: tuple[int, ...] | None = None
-    backend: str = "hf"
-    progress: bool = True
+# The tiny math policy's SFT initialisation on the expert solutions (configs/sft.yaml otherwise): short, so that the
+# policy writes the format but solves only a minority, leaving the reward and the guidance something to do. The
+# SFT-then-RL baseline runs the same SFT once more from it before its GRPO.
+RLVR_SFT = ("max_steps=120", "lr=2.0e-3", "warmup_steps=10", "batch_size=32", "eval_every=0",
+            "save_every=0", "max_eval_samples=64", "max_length=128")
 
 
 def recipe_path(method: str, config: str | Path | None) -> Path:
@@ -48,21 +44,19 @@ def checkpoint_name(method: str, step: int) -> str:
     return f"{method}__step-{step}"
 
 
-def evaluate_checkpoint(path: Path, method: str, step: int, settings: PipelineSettings,
+def evaluate_checkpoint(path: Path, method: str, step: int, evaluation: EvalConfig,
                         selected_by: str | None = None) -> list[Path]:
     """Evaluate one checkpoint; with `selected_by` (the validation metric that chose it), as the method's result."""
     training = {"method": method, "step": step, **({"selected_by": selected_by} if selected_by else {})}
     name = f"{method}__selected" if selected_by else checkpoint_name(method, step)
-    config = EvalConfig(model=str(path), tasks=settings.tasks, data_dir=settings.data_dir,
-                        output_dir=settings.output_dir, name=name, limit=settings.limit,
-                        seeds=settings.seeds, backend=settings.backend, progress=settings.progress,
-                        overwrite=True,  # the pipeline owns these names; a retrained step replaces its results
-                        training=training)
+    config = dataclasses.replace(evaluation, model=str(path), name=name,
+                                 overwrite=True,  # the pipeline owns these names; a retrained step replaces them
+                                 training=training)
     return evaluate(config)
 
 
 def train_and_evaluate(method: str, config: str | Path | None, overrides: Iterable[str],
-                       settings: PipelineSettings, label: str | None = None) -> list[Path]:
+                       evaluation: EvalConfig, label: str | None = None) -> list[Path]:
     """Train `method`; evaluate each checkpoint as soon as it is complete, then the one its validation metric
     chooses (the trainer's `selection_metric`: test scores never choose) as the method's result. Returns the
     checkpoints."""
@@ -70,21 +64,21 @@ def train_and_evaluate(method: str, config: str | Path | None, overrides: Iterab
     from harness.trainers.checkpoint import best_checkpoint, checkpoint_step
 
     def on_checkpoint(path: Path, step: int) -> None:
-        evaluate_checkpoint(path, label or method, step, settings)
+        evaluate_checkpoint(path, label or method, step, evaluation)
 
     checkpoints = train(method, recipe_path(method, config), list(overrides), on_checkpoint=on_checkpoint)
     for path in checkpoints:  # checkpoints finished before an interruption, evaluated now (cache makes it cheap)
         step = checkpoint_step(path)
-        if not (Path(settings.output_dir) / checkpoint_name(label or method, step)).is_dir():
-            evaluate_checkpoint(path, label or method, step, settings)
+        if not (Path(evaluation.output_dir) / checkpoint_name(label or method, step)).is_dir():
+            evaluate_checkpoint(path, label or method, step, evaluation)
     metric, lower_is_better = get_trainer(method).selection_metric
     chosen = best_checkpoint(checkpoints[-1].parent, metric, lower_is_better)
-    evaluate_checkpoint(chosen, label or method, checkpoint_step(chosen), settings, selected_by=metric)
+    evaluate_checkpoint(chosen, label or method, checkpoint_step(chosen), evaluation, selected_by=metric)
     return checkpoints
 
 
-def tiny_distillation(settings: PipelineSettings, methods: Iterable[str] = DISTILLATION_METHODS) -> dict[str, float]:
-    """The built-in recipe; returns the wall-clock seconds of each stage."""
+def single_threaded(stages: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Run a tiny recipe with one torch thread; returns its stage timings."""
     import torch
 
     threads = torch.get_num_threads()
@@ -92,34 +86,79 @@ def tiny_distillation(settings: PipelineSettings, methods: Iterable[str] = DISTI
     # a descheduled member: a 0.04 s SFT step took 2.5 s with two threads on two loaded cores.
     torch.set_num_threads(1)
     try:
-        return _tiny_stages(settings, methods)
+        return stages()
     finally:
         torch.set_num_threads(threads)
 
 
-def _tiny_stages(settings: PipelineSettings, methods: Iterable[str]) -> dict[str, float]:
+def tiny_distillation(evaluation: EvalConfig, methods: Iterable[str] = DISTILLATION_METHODS) -> dict[str, float]:
+    """The built-in distillation recipe; returns the wall-clock seconds of each stage."""
+    return single_threaded(lambda: _distillation_stages(evaluation, methods))
+
+
+def _distillation_stages(evaluation: EvalConfig, methods: Iterable[str]) -> dict[str, float]:
     from harness import tiny
     from harness.trainers.checkpoint import best_checkpoint
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    paths = tiny.build(progress=settings.progress)
-    root = Path(settings.output_dir) / "train"
+    paths = tiny.build(progress=evaluation.progress)
+    root = Path(evaluation.output_dir) / "train"
     data = paths.data / "synth"
     timings["build"] = time.perf_counter() - start
 
-    evaluate(EvalConfig(model=str(paths.teacher), tasks=settings.tasks, output_dir=settings.output_dir,
-                        name="teacher", limit=settings.limit, seeds=settings.seeds, progress=settings.progress,
-                        overwrite=True))
+    evaluate(dataclasses.replace(evaluation, model=str(paths.teacher), name="teacher", overwrite=True))
     timings["teacher"] = time.perf_counter() - start - sum(timings.values())
 
-    common = [f"teacher={paths.teacher}", f"data_dir={data}", f"progress={settings.progress}"]
+    common = [f"teacher={paths.teacher}", f"data_dir={data}", f"progress={evaluation.progress}"]
     init = root / "sft-init"
     train_and_evaluate("sft", None, [*common, *SFT_INIT, f"model={paths.student}", f"output_dir={init}"],
-                       settings, label="sft-init")
+                       evaluation, label="sft-init")
     student = best_checkpoint(init)
     timings["sft-init"] = time.perf_counter() - start - sum(timings.values())
     for method in methods:
-        train_and_evaluate(method, None, [*common, f"model={student}", f"output_dir={root / method}"], settings)
+        train_and_evaluate(method, None, [*common, f"model={student}", f"output_dir={root / method}"], evaluation)
         timings[method] = time.perf_counter() - start - sum(timings.values())
+    return timings
+
+
+def tiny_rlvr(evaluation: EvalConfig) -> dict[str, float]:
+    """The built-in RLVR recipe (configs/grpo.yaml, configs/trapo.yaml); returns the wall-clock seconds of each stage.
+
+    A short SFT on the expert solutions gives the initial policy (solving a minority of the problems). From it,
+    with the same number of RL steps each: GRPO; SFT-then-RL (more SFT on the expert solutions, then GRPO; the
+    extra SFT steps are its head start, as in the paper's baseline); TRAPO.
+    """
+    return single_threaded(lambda: _rlvr_stages(evaluation))
+
+
+def _rlvr_stages(evaluation: EvalConfig) -> dict[str, float]:
+    from harness import tiny_math
+    from harness.trainers import train
+    from harness.trainers.checkpoint import best_checkpoint
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        timings[stage] = time.perf_counter() - start - sum(timings.values())
+
+    paths = tiny_math.build()
+    root = Path(evaluation.output_dir) / "train"
+    common = [f"data_dir={paths.data / 'math_synth'}", f"progress={evaluation.progress}"]
+    lap("build")
+    init = root / "sft-init"
+    train_and_evaluate("sft", None, [*common, *RLVR_SFT, f"model={paths.policy}", f"output_dir={init}"],
+                       evaluation, label="sft-init")
+    policy = best_checkpoint(init)
+    lap("sft-init")
+    train_and_evaluate("grpo", None, [*common, f"model={policy}", f"output_dir={root / 'grpo'}"], evaluation)
+    lap("grpo")
+    sft_more = root / "sft-more"
+    train("sft", recipe_path("sft", None), [*common, *RLVR_SFT, f"model={policy}", f"output_dir={sft_more}"])
+    train_and_evaluate("grpo", None, [*common, f"model={best_checkpoint(sft_more)}",
+                                      f"output_dir={root / 'sft-then-rl'}"], evaluation, label="sft-then-rl")
+    lap("sft-then-rl")
+    train_and_evaluate("trapo", None, [*common, f"model={policy}", f"output_dir={root / 'trapo'}"], evaluation)
+    lap("trapo")
     return timings

@@ -19,7 +19,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,25 +82,31 @@ def _paths(folder: Path) -> TinyPaths:
 
 def build(cache_root: Path | None = None, force: bool = False, progress: bool = True) -> TinyPaths:
     """Build the tiny teacher, student and data once under ``cache_root`` (default: the harness cache)."""
+    return _paths(cached_build(VERSION, lambda folder: _build_into(folder, progress), cache_root, force))
+
+
+def cached_build(version: str, build_into: Callable[[Path], None], cache_root: Path | None = None,
+                 force: bool = False) -> Path:
+    """``<cache root>/<version>``, made once by ``build_into(folder)``: locked, and swapped in by one rename."""
     root = Path(cache_root) if cache_root is not None else default_cache_root()
-    final = root / VERSION
+    final = root / version
     if final.is_dir() and not force:
-        return _paths(final)
+        return final
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise HarnessError(f"cannot create the cache folder {root} ({error.strerror}); set HARNESS_CACHE "
                            "to a writable folder") from None
-    with _locked(root / f"{VERSION}.lock"):
+    with _locked(root / f"{version}.lock"):
         if final.is_dir() and not force:  # another process finished it while we waited
-            return _paths(final)
-        staging = Path(tempfile.mkdtemp(prefix=f"{VERSION}.building-", dir=root))
+            return final
+        staging = Path(tempfile.mkdtemp(prefix=f"{version}.building-", dir=root))
         try:
-            _build_into(staging, progress)
+            build_into(staging)
             _replace(staging, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return _paths(final)
+    return final
 
 
 @contextlib.contextmanager

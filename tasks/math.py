@@ -92,6 +92,12 @@ def scores(verdict: Verdict) -> dict[str, float]:
     return {"correct": float(verdict.correct), "fallback": float(verdict.method == "last_number")}
 
 
+def verify(golds: list[str], completions: list[str], timeout: float = VERIFY_TIMEOUT) -> list[dict[str, float]]:
+    """Correctness and fallback flag of each completion, judged in one parallel call: the suite's scores and the
+    RLVR reward (`correct` is `math_reward` of each completion)."""
+    return [scores(verdict) for verdict in verify_completions(list(zip(golds, completions)), timeout=timeout)]
+
+
 # ----- metrics: per-document records -> numbers ------------------------------------------------------------------
 
 
@@ -164,8 +170,9 @@ def majority_at_k(samples: list[Record]) -> dict[str, Any]:
 
 
 def math_task(name: str, description: str, data: DataSource, problem_field: str, gold: Callable[[Doc], str],
-              sampled: bool) -> Task:
-    """One benchmark of the suite; the seven differ in data, gold field and whether they sample 32 times."""
+              sampled: bool, sampling: SamplingSettings | None = None, seeds: tuple[int, ...] | None = None) -> Task:
+    """One benchmark of the suite; the seven differ in data, gold field and whether they sample 32 times.
+    `sampling` and `seeds` replace the suite's decoding (the tiny `math_synth`)."""
     judged: dict[tuple[str, str], Verdict] = {}  # score_many's verdicts, read back for samples.jsonl
 
     def score_many(pairs: list[tuple[Doc, str]]) -> list[dict[str, float]]:
@@ -188,8 +195,8 @@ def math_task(name: str, description: str, data: DataSource, problem_field: str,
         scorer=lambda doc, prediction: score_many([(doc, prediction)])[0],
         score_many=score_many,
         annotate=annotate,
-        sampling=SAMPLED if sampled else GREEDY,
-        seeds=SAMPLED_SEEDS if sampled else (0,),
+        sampling=sampling or (SAMPLED if sampled else GREEDY),
+        seeds=seeds or (SAMPLED_SEEDS if sampled else (0,)),
         metrics=(avg_and_pass_at_k, majority_at_k, fallback_rate, sample_mean("gen_length")),
         main_metric="pass@1",
     )
@@ -244,3 +251,17 @@ def olympiadbench() -> Task:
                      DataSource("olympiadbench/test.jsonl", hub_id="Hothan/OlympiadBench",
                                 hub_config="OE_TO_maths_en_COMP", split="train"),
                      "question", olympiad_answer, sampled=False)
+
+
+def tiny_math_data():
+    from harness import tiny_math
+
+    return tiny_math.build().data
+
+
+@register_task("math_synth", suites=("math_synth",))
+def math_synth() -> Task:
+    """The built-in tiny RLVR set (`harness.tiny_math`): avg@8 and pass@k at the sampled sets' T=0.6, top-p 0.95."""
+    return math_task("math_synth", "Synthetic two-step arithmetic of the built-in tiny RLVR default (avg@8, T=0.6)",
+                     DataSource("math_synth/test.jsonl", builtin=tiny_math_data), "problem", answer_field,
+                     sampled=True, sampling=SAMPLED.replace(max_new_tokens=48), seeds=tuple(range(8)))

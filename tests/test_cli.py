@@ -161,3 +161,17 @@ def test_a_data_file_that_is_not_utf8_names_file_and_line(data_dir, random_model
                  "--output-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{bad}:13 is not UTF-8" in err and "\n" not in err
+
+
+def test_train_and_eval_hands_the_whole_evaluation_config_to_checkpoint_evaluation():
+    from harness.cli import build_parser, eval_config_from_args
+
+    args = build_parser().parse_args([
+        "train-and-eval", "trapo", "lr=1e-5", "--config", "configs/trapo.yaml", "--samples", "4",
+        "--gen-kwargs", "temperature=0.6,max_new_tokens=64", "--chat-template", "--tensor-parallel-size", "2",
+        "--tasks", "math", "--limit", "5"])
+    config = eval_config_from_args(args, recipe=True)
+    assert (config.samples, config.chat_template, config.tasks, config.limit) == (4, True, "math", 5)
+    assert config.gen_kwargs == {"temperature": 0.6, "max_new_tokens": 64}
+    assert config.backend_options == {"tensor_parallel_size": 2}
+    assert config.model is None  # each checkpoint fills it in

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.pipeline import PipelineSettings, train_and_evaluate
+from harness.pipeline import train_and_evaluate
+from harness.runner import EvalConfig
 from harness.trainers.checkpoint import best_checkpoint, checkpoint_step
 
 
@@ -32,7 +33,7 @@ def test_checkpoint_choice_reads_the_validation_metric_in_its_direction(tmp_path
 @pytest.mark.slow
 def test_train_and_eval_marks_the_checkpoint_with_the_best_validation_loss(tiny, tmp_path):
     output, results = tmp_path / "run", tmp_path / "results"
-    settings = PipelineSettings(tasks="synth", output_dir=str(results), limit=4, seeds=(1,), progress=False)
+    settings = EvalConfig(tasks="synth", output_dir=str(results), limit=4, seeds=(1,), progress=False)
     train_and_evaluate("sft", None, [f"model={tiny.student}", f"data_dir={Path(tiny.data) / 'synth'}",
                                      f"output_dir={output}", "progress=false", "max_steps=4", "eval_every=2",
                                      "save_every=2", "batch_size=8", "micro_batch_size=8", "max_eval_samples=8"],

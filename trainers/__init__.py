@@ -1,4 +1,5 @@
-"""Training methods (SFT, KD, SeqKD, MiniLLM) behind one entry point: `train(method, config_path, overrides)`.
+"""Training methods (SFT, KD, SeqKD, MiniLLM, GRPO, TRAPO) behind one entry point: `train(method, config_path,
+overrides)`.
 
 Each method is a `Trainer` subclass registered with `@register_trainer(name)` together with its config dataclass.
 Built-ins go through the same registry as third-party trainers (entry-point group `harness.trainers`); their
@@ -22,6 +23,8 @@ _BUILTIN = {
     "kd": "harness.trainers.kd",
     "seqkd": "harness.trainers.seqkd",
     "minillm": "harness.trainers.minillm",
+    "grpo": "harness.trainers.grpo",
+    "trapo": "harness.trainers.trapo",
 }
 METHODS: tuple[str, ...] = tuple(_BUILTIN)
 _REGISTRY: dict[str, type] = {}

@@ -127,6 +127,7 @@ class Trainer:
         self.on_checkpoint = on_checkpoint
         self.checkpoints: list[Path] = []
         self.teacher = None
+        self.reference = None  # a frozen reference policy, for methods with a KL term to it
         self.completed_steps = 0  # optimizer steps behind the current weights
 
     # ---- the pipeline -------------------------------------------------------------------------------------
@@ -191,6 +192,7 @@ class Trainer:
         self.vocab_size = len(self.tokenizer)
         if self.needs_teacher:
             self.teacher = self.load_teacher()
+        self.reference = self.load_reference()
         model = load_model(config.model)
         self.prepare_data()
         optimizer = torch.optim.AdamW(
@@ -223,10 +225,19 @@ class Trainer:
             raise HarnessError(f"{self.method} needs a teacher: set teacher=<checkpoint folder or hub id>")
         if load_tokenizer(self.config.teacher).get_vocab() != self.tokenizer.get_vocab():
             raise HarnessError("teacher and student tokenizers differ: distil between models of one tokenizer")
+        return self.load_frozen(self.config.teacher)
+
+    def load_reference(self):
+        """The frozen reference policy next to the trained one (GRPO's KL term), or None: methods that keep one
+        override this."""
+        return None
+
+    def load_frozen(self, path: str):
+        """A model that is only ever evaluated (teacher, reference policy), in the recipe's precision."""
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision, torch.float32)
-        teacher = load_model(self.config.teacher, dtype).to(self.accelerator.device).eval()
-        teacher.requires_grad_(False)
-        return teacher
+        model = load_model(path, dtype).to(self.accelerator.device).eval()
+        model.requires_grad_(False)
+        return model
 
     @property
     def student(self):

@@ -26,6 +26,15 @@ class Example:
     response_ids: list[int]
 
 
+@dataclass(frozen=True)
+class Problem:
+    """A verifiable training prompt (RLVR): the encoded prompt, the gold answer and the expert solution's ids."""
+
+    prompt_ids: list[int]
+    answer: str
+    solution_ids: list[int]  # the worked solution and eos; empty when the data has none
+
+
 def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise HarnessError(f"no data file at {path}: check data_dir and the file name settings")

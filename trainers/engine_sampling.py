@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 
 from harness.errors import HarnessError
-from harness.trainers.data import left_pad
-from harness.trainers.sampling import Rollout
+from harness.trainers.sampling import Rollout, pack_rollout
 
 
 class EngineSampler:
@@ -115,7 +114,7 @@ class EngineSampler:
                     responses[row].extend(output.outputs[0].token_ids)
                     if responses[row][-1] != eos_id and len(responses[row]) < max_new_tokens:
                         submit(row)
-        return _rollout(prompts, responses, pad_id)
+        return pack_rollout(prompts, responses, pad_id)
 
     def close(self) -> None:
         for engine in self.engines:
@@ -146,14 +145,3 @@ def _run_length(turns: torch.Tensor) -> int:
     """How many positions, from the first, the same model samples."""
     changes = (turns != turns[0]).nonzero()
     return int(changes[0]) if len(changes) else len(turns)
-
-
-def _rollout(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Rollout:
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
-    width = max(len(response) for response in responses)
-    response_ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
-    response_mask = torch.zeros((len(responses), width), dtype=torch.long)
-    for row, response in enumerate(responses):
-        response_ids[row, : len(response)] = torch.tensor(response, dtype=torch.long)
-        response_mask[row, : len(response)] = 1
-    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask)

@@ -33,9 +33,10 @@ Both keep the student in eval mode (no dropout) during its updates, as the code 
 Deviations: the importance weight and old log-probs come from the behaviour policy and are held fixed across PPO
 epochs; the code recomputes the student's log-probs in a second pass before the first update (the same weights).
 
-Rollouts come from the shared torch sampling loop, or with `rollout_backend=vllm` from vLLM engines serving the
-student and the teacher, mixed token by token from the same distribution (`engine_sampling.py`); log-probs,
-weights and rewards are computed by the trainer's own models either way.
+Rollouts come from the shared rollout sampler (`rollouts.py`): the torch loop, or with `rollout_backend=vllm`
+vLLM engines serving the student and the teacher, mixed token by token from the same distribution
+(`engine_sampling.py`); log-probs, weights and rewards are computed by the trainer's own models either way. The
+round / buffer / PPO-epoch schedule is the shared one of `on_policy.py`.
 """
 
 from __future__ import annotations
@@ -50,27 +51,16 @@ import torch.nn.functional as F
 from harness.errors import HarnessError
 from harness.metrics.text import rouge_l
 from harness.trainers import register_trainer
-from harness.trainers.base import TrainConfig, Trainer
-from harness.trainers.data import (
-    batch_indices,
-    chunked,
-    field,
-    left_pad,
-    read_jsonl,
-    shard,
-    text_chunks,
-)
+from harness.trainers.data import batch_indices, chunked, field, read_jsonl, shard, text_chunks
 from harness.trainers.engine_sampling import EngineSampler
 from harness.trainers.kd import kd_loss
-from harness.trainers.sampling import Rollout, response_logits, sample, token_logprobs
+from harness.trainers.on_policy import OnPolicyConfig, OnPolicyTrainer
+from harness.trainers.policy_gradient import masked_mean, merge_rollouts, ppo_clipped_loss, whiten_minibatch
+from harness.trainers.sampling import Rollout, response_logits, token_logprobs
 from harness.trainers.sft import cross_entropy
 
 
 # ---- the loss terms, as pure functions of tensors ---------------------------------------------------------
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
 def token_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """KL(q(.|y_<t) || p(.|y_<t)) at every position, exactly over the vocabulary (Eq. 3, single-step part).
 
@@ -127,55 +117,9 @@ def length_normalised_return(
     return returns * mask
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance over the masked entries (the released code's advantage whitening)."""
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
-    return (values - mean) * torch.rsqrt(variance + 1e-8) * mask
-
-
-def whiten_minibatch(
-    values: torch.Tensor, mask: torch.Tensor, padded_width: int | None = None, reduce_sum=lambda t: t
-) -> torch.Tensor:
-    """Advantage whitening of one PPO mini-batch, with statistics summed over all processes by `reduce_sum`.
-
-    The released code (utils.py `whiten` and `get_global_statistics`, called from losses.py for each mini-batch)
-    takes the mean and population variance over every entry of the response tensor, padded to the full response
-    length with zero returns; with `padded_width` (that length) so does this. Without it only the response tokens
-    (`mask`) count. values, mask: (B, T) -> (B, T), padding -> 0.
-    """
-    mask = mask.to(values.dtype)
-    counted = mask if padded_width is None else torch.ones_like(mask)
-    # zero-padded columns beyond T change only the count: each adds (0 - mean)^2 to the squared deviations
-    missing = 0 if padded_width is None else values.shape[0] * max(0, padded_width - values.shape[1])
-    totals = reduce_sum(torch.stack([(values * mask).sum(), counted.sum() + missing]))
-    mean = totals[0] / totals[1].clamp(min=1)
-    squares = reduce_sum(((values - mean) ** 2 * counted).sum() + missing * mean**2)
-    return (values - mean) * torch.rsqrt(squares / totals[1].clamp(min=1) + 1e-8) * mask
-
-
-def ppo_clipped_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float,
-    weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped surrogate for the long-term part (Sec. 2.3); returns (loss, fraction of clipped tokens).
-
-    loss = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps)), rho_t = w_t q_theta(y_t) / q_old(y_t).
-    `weights` (w_t, constants) enter the clipped ratio as in the released code (losses.py `_pg_loss`:
-    `ratio = ratio * w` before the clamp); None means w_t = 1. All inputs (B, T); advantages are constants.
-    """
-    ratio = (logprobs - old_logprobs).exp()
-    if weights is not None:
-        ratio = ratio * weights
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    return loss, masked_mean((clipped > unclipped).float(), mask)
-
-
 # ---- the trainer ----------------------------------------------------------------------------------------
 @dataclass
-class MiniLLMConfig(TrainConfig):
+class MiniLLMConfig(OnPolicyConfig):
     """Defaults are the paper's GPT-2 settings; `batch_size` is the PPO mini-batch (64)."""
 
     lr: float = 5e-6
@@ -187,12 +131,6 @@ class MiniLLMConfig(TrainConfig):
     max_steps: int | None = 5000
     eval_every: int = 100
     save_every: int = 500
-    rollouts_per_round: int = 256  # prompts sampled per round, all processes together
-    ppo_epochs: int = 4  # passes over each round's rollouts
-    rollout_batch_size: int = 32  # prompts sampled at once on one process
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
     mix_alpha: float = 0.2  # teacher share of the sampling mixture; 0 samples from the student alone
     clip_eps: float = 0.2
     length_normalise: bool = True
@@ -213,63 +151,30 @@ class MiniLLMConfig(TrainConfig):
     # the validation responses (`valid_rougeL`, which chooses the checkpoint) and their reverse KL to the teacher
     eval_rollouts: int = 1000  # code: --dev-num 1000
     long_prompts: str = "drop"  # training prompts over max_prompt_tokens: drop (code's data preparation) or keep_tail
-    # "torch": the shared sampling loop on the trained models. "vllm": vLLM engines for the student (weights
-    # pushed after every optimizer step that changed them) and, when mix_alpha > 0, the teacher, in every
-    # process on its own GPU. "auto": vllm when it is installed and a GPU is present, else torch.
-    rollout_backend: str = "auto"
-    rollout_gpu_memory_utilization: float = 0.25  # each engine's share of the GPU's memory (ignored on CPUs)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rollout_backend not in ("torch", "vllm", "auto"):
-            raise HarnessError(f"rollout_backend={self.rollout_backend!r}: choose torch, vllm or auto")
         if self.long_prompts not in ("drop", "keep_tail"):
             raise HarnessError(f"long_prompts={self.long_prompts!r}: choose drop or keep_tail")
 
 
 @register_trainer("minillm")
-class MiniLLMTrainer(Trainer):
+class MiniLLMTrainer(OnPolicyTrainer):
     config_class = MiniLLMConfig
     needs_teacher = True
     dropout = False  # the released code never leaves eval mode (utils.py `get_model` calls `model.eval()`)
     selection_metric = ("valid_rougeL", False)  # the reference picks its checkpoint by validation ROUGE-L
-    engines: EngineSampler | None = None  # vLLM rollouts, when rollout_backend resolves to vllm
 
-    def setup(self) -> None:
-        super().setup()
-        self.engines = self.start_engines()
-        # each process samples its own prompts with its own engines: independent draws per process
-        self.engine_generator = torch.Generator().manual_seed(self.config.seed + self.accelerator.process_index)
+    def start_rollouts(self, mixer: str | None = None):
+        return super().start_rollouts(self.config.teacher if self.config.mix_alpha > 0 else None)
 
-    def start_engines(self) -> EngineSampler | None:
-        """This process's vLLM engines, when rollout_backend asks for them (or `auto` finds vLLM and a GPU)."""
-        from harness.backends import resolve_backend_name
-
-        config = self.config
-        if resolve_backend_name(config.rollout_backend) != "vllm":
-            return None
-        if config.mix_alpha > 0 and config.top_p < 1:
-            raise HarnessError("rollout_backend=vllm mixes the teacher in only with top_p=1: use torch")
-        if not 0 < config.temperature <= 2:
-            raise HarnessError(f"vLLM samples at temperatures up to 2, not {config.temperature}: use torch")
-        options = {}
-        if torch.cuda.is_available():
-            options["gpu_memory_utilization"] = config.rollout_gpu_memory_utilization
-        return EngineSampler(config.model, config.teacher if config.mix_alpha > 0 else None, self.vocab_size,
-                             config.max_prompt_tokens + config.max_new_tokens, config.seed,
-                             device=self.accelerator.device, **options)
-
-    def run(self) -> list[Path]:
-        try:
-            return super().run()
-        finally:
-            if self.engines is not None:
-                self.engines.close()
+    @property
+    def engines(self) -> EngineSampler | None:
+        """The vLLM engines, when rollout_backend resolves to vllm."""
+        return self.rollouts.engines if self.rollouts is not None else None
 
     def prepare_data(self) -> None:
         config = self.config
-        if config.rollouts_per_round % config.batch_size:
-            raise HarnessError("rollouts_per_round must be a multiple of batch_size (the PPO mini-batch)")
         self.prompts = self.read_prompts(drop_long=config.long_prompts == "drop")  # targets: the student's samples
         if not self.prompts:
             raise HarnessError(f"every training prompt is over max_prompt_tokens={config.max_prompt_tokens}: "
@@ -283,49 +188,22 @@ class MiniLLMTrainer(Trainer):
             pretrain = config.data_dir / config.pretrain_file
             texts = [field(row, "text", pretrain) for row in read_jsonl(pretrain)]
             self.pretrain_chunks = text_chunks(self.tokenizer, texts, config.pretrain_seq_len)
-        self.steps_per_round = config.ppo_epochs * config.rollouts_per_round // config.batch_size
-        rounds = config.epochs * max(1, len(self.prompts) // config.rollouts_per_round)
-        self.total_steps = config.max_steps or rounds * self.steps_per_round
-        self.buffer: dict[str, torch.Tensor] = {}
-        self.pending: list[list[torch.Tensor]] = []  # per coming step: index tensors of its micro-batches
-        self.round_stats: dict[str, float] = {}
+        self.plan_rounds(len(self.prompts))
 
     # -- rollouts --
-    @torch.no_grad()
-    def rollout_round(self, round_index: int) -> None:
-        """Sample this process's share of the round, score it once, and schedule the PPO epochs over it."""
-        config, state = self.config, self.accelerator
-        chosen = batch_indices(len(self.prompts), config.rollouts_per_round, round_index, config.seed)
-        mine = [self.prompts[i] for i in shard(chosen, state.process_index, state.num_processes)]
-        self.student.eval()
-        parts = [self.score(self.sample(part)) for part in chunked(mine, config.rollout_batch_size)]
+    def collect(self, prompt_indices: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        mine = [self.prompts[i] for i in prompt_indices]
+        parts = [self.score(self.sample(part)) for part in chunked(mine, self.config.rollout_batch_size)]
         buffer = merge_rollouts(parts, self.tokenizer.pad_token_id)
         mask = buffer["response_mask"].float()
-        self.buffer = buffer
-        self.round_stats = {"response_length": mask.sum(1).mean().item(),
-                            "rollout_reverse_kl": buffer["seq_reverse_kl"].mean().item()}
-        per_process = config.batch_size // state.num_processes
-        self.pending = []
-        for _ in range(config.ppo_epochs):
-            order = torch.randperm(len(mask))
-            for start in range(0, len(order), per_process):
-                self.pending.append(list(order[start : start + per_process].split(config.micro_batch_size)))
+        return buffer, {"response_length": mask.sum(1).mean().item(),
+                        "rollout_reverse_kl": buffer["seq_reverse_kl"].mean().item()}
 
     def sample(self, prompts: list[list[int]], mix_alpha: float | None = None) -> Rollout:
         """Student samples of `prompts`, mixed with the teacher at `mix_alpha` (default: the configured one)."""
-        config, device = self.config, self.accelerator.device
-        mix_alpha = config.mix_alpha if mix_alpha is None else mix_alpha
-        if self.engines is not None:
-            self.engines.load_weights(self.student, self.completed_steps)
-            return self.engines.sample(prompts, generator=self.engine_generator, eos_id=self.tokenizer.eos_token_id,
-                                       pad_id=self.tokenizer.pad_token_id, max_new_tokens=config.max_new_tokens,
-                                       temperature=config.temperature, top_p=config.top_p, mix_alpha=mix_alpha)
-        ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
-        with self.accelerator.autocast():
-            return sample(self.student, ids.to(device), mask.to(device), eos_id=self.tokenizer.eos_token_id,
-                          pad_id=self.tokenizer.pad_token_id, vocab_size=self.vocab_size,
-                          max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-                          mixer=self.teacher if mix_alpha > 0 else None, mix_alpha=mix_alpha)
+        mix_alpha = self.config.mix_alpha if mix_alpha is None else mix_alpha
+        return self.rollouts.sample(self.student, self.completed_steps, prompts, mixer=self.teacher,
+                                    mix_alpha=mix_alpha)
 
     def score(self, rollout: Rollout) -> dict[str, torch.Tensor]:
         """Behaviour log-probs, importance weights, rewards and returns of one sampled batch."""
@@ -342,18 +220,12 @@ class MiniLLMTrainer(Trainer):
                 "weights": teacher_mixed_weights(old, teacher, config.mix_alpha).cpu(), "returns": returns.cpu(),
                 "seq_reverse_kl": ((old - teacher) * mask).sum(1).cpu()}
 
-    # -- the step's micro-batches --
+    # -- the step's micro-batches: the scheduled rollout rows, then pre-training text --
     def micro_batches(self, step: int) -> list[dict]:
-        if not self.pending:
-            self.rollout_round((step - 1) // self.steps_per_round)
-        groups = self.pending.pop(0)
-        rows = torch.cat(groups)
-        minibatch = {name: tensor[rows] for name, tensor in self.buffer.items()}
-        minibatch["advantages"] = self.advantages(minibatch)
-        ends = torch.tensor([len(group) for group in groups]).cumsum(0).tolist()
-        batches = [{**self.to_device(trim(minibatch, torch.arange(end - len(group), end))),
-                    "loss_weight": len(group) / len(rows)} for group, end in zip(groups, ends)]
-        return batches + self.pretrain_batches(step)
+        return super().micro_batches(step) + self.pretrain_batches(step)
+
+    def prepare_minibatch(self, minibatch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {**minibatch, "advantages": self.advantages(minibatch)}
 
     def advantages(self, minibatch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The returns of this step's PPO mini-batch (this process's rows), whitened over the whole mini-batch."""
@@ -406,54 +278,12 @@ class MiniLLMTrainer(Trainer):
         loss = cross_entropy(logits, batch["labels"])
         return loss, {"pt_loss": loss.item()}
 
-    def step_stats(self) -> dict[str, float]:
-        return dict(self.round_stats)
-
-    # -- evaluation and resume --
+    # -- evaluation --
     def evaluate(self) -> dict[str, float]:
         results = super().evaluate()
         count = self.config.eval_rollouts
         prompts = [example.prompt_ids for example in self.valid_examples[:count]]
         return {**results, **validation_samples(self, prompts, self.valid_references[:count])}
-
-    def extra_state(self) -> dict:
-        return {"buffer": self.buffer, "pending": self.pending, "round_stats": self.round_stats,
-                "engine_generator": self.engine_generator.get_state()}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.buffer, self.pending, self.round_stats = state["buffer"], state["pending"], state["round_stats"]
-        if "engine_generator" in state:  # absent from checkpoints written before vLLM rollouts existed
-            self.engine_generator.set_state(state["engine_generator"])
-
-
-def trim(buffer: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Rows of the rollout buffer, without columns that are padding in all of them."""
-    part = {name: tensor[rows] for name, tensor in buffer.items() if tensor.ndim == 2}
-    keep_prompt = part["prompt_mask"].any(0).nonzero()[0, 0].item()
-    keep_response = int(part["response_mask"].any(0).sum().item()) or 1
-    for name in part:
-        part[name] = part[name][:, keep_prompt:] if name.startswith("prompt") else part[name][:, :keep_response]
-    part["attention_mask"] = torch.cat([part["prompt_mask"], part["response_mask"]], dim=1)
-    return part
-
-
-def merge_rollouts(parts: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Concatenate scored batches: prompt columns padded on the left, response columns on the right."""
-    prompt_width = max(p["prompt_ids"].shape[1] for p in parts)
-    response_width = max(p["response_ids"].shape[1] for p in parts)
-    merged = {}
-    for name in parts[0]:
-        pieces = []
-        for part in parts:
-            tensor = part[name]
-            if tensor.ndim == 2:
-                value = pad_id if name.endswith("_ids") else 0
-                width = prompt_width if name.startswith("prompt") else response_width
-                pad = (width - tensor.shape[1], 0) if name.startswith("prompt") else (0, width - tensor.shape[1])
-                tensor = F.pad(tensor, pad, value=value)
-            pieces.append(tensor)
-        merged[name] = torch.cat(pieces)
-    return merged
 
 
 @torch.no_grad()

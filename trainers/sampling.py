@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from harness.trainers.data import left_pad
+
 
 @dataclass
 class Rollout:
@@ -24,6 +26,18 @@ class Rollout:
 
     def to(self, device: torch.device) -> Rollout:
         return Rollout(*(tensor.to(device) for tensor in vars(self).values()))
+
+
+def pack_rollout(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Rollout:
+    """Token lists as a Rollout: prompts left-padded, responses right-padded."""
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
+    width = max(1, max(len(response) for response in responses))
+    response_ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((len(responses), width), dtype=torch.long)
+    for row, response in enumerate(responses):
+        response_ids[row, : len(response)] = torch.tensor(response, dtype=torch.long)
+        response_mask[row, : len(response)] = 1
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask)
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:

@@ -137,3 +137,22 @@ def test_minillm_with_vllm_rollouts_in_two_processes(overrides, tmp_path):
     assert [record["step"] for record in log] == [1, 2, 3, 4]
     assert all(record["response_length"] > 0 for record in log) and "valid_reverse_kl" in log[-1]
     assert (tmp_path / "step-4" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_trapo_in_two_processes(tmp_path):
+    """Each process samples and guides its own prompt of the round; both train one model."""
+    from harness import tiny_math
+
+    paths = tiny_math.build()
+    settings = ["rollouts_per_round=2", "batch_size=16", "micro_batch_size=4", "max_new_tokens=16",
+                "max_prompt_tokens=64", "max_steps=2", "rollout_batch_size=1", "eval_problems=4",
+                "max_eval_samples=4", "lr=1e-3", "progress=false", "rollout_backend=torch",
+                f"model={paths.policy}", f"data_dir={paths.data / 'math_synth'}", f"output_dir={tmp_path}"]
+    run([*two_processes("ddp", 29577), "trapo", *settings], {"ACCELERATE_USE_CPU": "1"})
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log] == [1, 2]
+    assert all(record["forced_fraction"] > 0 for record in log) and "valid_reward" in log[-1]
+    assert len(list((tmp_path / "step-2" / "training_state").glob("random_states_*"))) == 2
+    start, trained = weights(paths.policy), weights(tmp_path / "step-2")
+    assert any((trained[name] - start[name]).abs().max() > 1e-4 for name in start)
