@@ -98,15 +98,11 @@ def balanced_sample(pool: list[Doc], k: int, seed: int, label: Callable[[Doc], A
     return picked[:k]
 
 
-def uniform_sample(pool: list[Doc], k: int, seed: int, label: Callable[[Doc], Any]) -> list[int]:
-    """k rows drawn uniformly without replacement (for pools without a finite label set)."""
-    return random.Random(seed).sample(range(len(pool)), k)
-
-
 @dataclass(frozen=True)
 class FewShot:
     """Demonstrations for a task: drawn from `pool` by `sampler(pool rows, k, seed, label)`, shown in the prompt
-    as `demonstration(row)` each, one after the other, before the document's own prompt."""
+    as `demonstration(row)` each, one after the other, before the document's own prompt. Without a `label`,
+    every row has the same one and the balanced draw is a uniform draw of k rows."""
 
     pool: DataSource
     k: int

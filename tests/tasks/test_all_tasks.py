@@ -16,7 +16,7 @@ def test_every_task_runs_on_the_shared_folder(shared_data, random_model, tmp_pat
                                   output_dir=str(tmp_path), gen_kwargs={"max_new_tokens": 4}, progress=False,
                                   device="cpu"))
     tasks = [json.loads(path.read_text())["task"] for path in written]
-    assert tasks == expand("all") and len(tasks) >= 30
+    assert tasks == expand("all") and {"icl_sst2", "sni_icl", "icl_synth_parity", "calibration_boolq"} <= set(tasks)
     for path in written:
         record = json.loads(path.read_text())
         assert record["main_metric"] in record["metrics"], record["task"]
