@@ -103,9 +103,10 @@ def test_multiple_choice_matches_hflm(ours, peer):
     expected = peer[1]["results"]["bridge_mc"]
     assert result["task"] == "lm_eval:bridge_mc" and result["main_metric"] == "acc"
     acc, stderr = 100 * expected["acc,none"], 100 * expected["acc_stderr,none"]  # lm-eval's, in percent
-    metrics = dict(result["metrics"])
-    assert metrics.pop("acc_ci95") == pytest.approx([acc - 1.96 * stderr, acc + 1.96 * stderr], abs=1e-3)
-    assert metrics == pytest.approx({"acc": acc, "acc_stderr": stderr}, abs=1e-3)
+    metrics = result["metrics"]
+    assert set(metrics) == {"acc", "acc_stderr", "acc_ci95"}
+    assert (metrics["acc"], metrics["acc_stderr"]) == pytest.approx((acc, stderr))
+    assert metrics["acc_ci95"] == pytest.approx([acc - 1.96 * stderr, acc + 1.96 * stderr], abs=1e-2)
     assert result["num_docs"] == len(samples) == 10
     for sample, logged in zip(samples, peer[1]["samples"]["bridge_mc"]):
         assert sample["doc_id"] == logged["doc_id"] and sample["prompt"] == logged["arguments"][0][0]
