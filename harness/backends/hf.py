@@ -55,13 +55,16 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float32  # CPU half precision is slow and lossy; tiny models are cheap in float32
 
 
-def load_model_and_tokenizer(path, device: torch.device, dtype: torch.dtype, trust_remote_code: bool):
-    """Shared with the trainers: one place decides how checkpoints are opened."""
+def load_model_and_tokenizer(path, device: torch.device, dtype: torch.dtype, trust_remote_code: bool,
+                             model_class=None):
+    """Shared with the trainers and the encoder-decoder backend: one place decides how checkpoints are opened.
+    `model_class` is the transformers Auto class (default: AutoModelForCausalLM)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    model_class = model_class or AutoModelForCausalLM
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = model_class.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     except ValueError as error:
         if "trust_remote_code" in str(error):
             raise HarnessError(

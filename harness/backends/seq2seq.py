@@ -21,8 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.backends.base import GenerationRequest
-from harness.backends.hf import HFBackend, _Row, pick_device, pick_dtype
-from harness.errors import HarnessError
+from harness.backends.hf import HFBackend, _Row, load_model_and_tokenizer, pick_device, pick_dtype
 from harness.models import check_local, resolve
 
 
@@ -41,21 +40,9 @@ def is_encoder_decoder(model: str) -> bool:
 
 
 def load_seq2seq(path, device: torch.device, dtype: torch.dtype, trust_remote_code: bool):
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForSeq2SeqLM
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    except ValueError as error:
-        if "trust_remote_code" in str(error):
-            raise HarnessError(
-                f"{path} needs its own Python code to load; pass --trust-remote-code if you trust its source"
-            ) from None
-        raise
-    model.to(device).eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return load_model_and_tokenizer(path, device, dtype, trust_remote_code, AutoModelForSeq2SeqLM)
 
 
 @dataclass
