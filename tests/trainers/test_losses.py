@@ -8,15 +8,8 @@ import torch.nn.functional as F
 
 from harness.trainers.data import IGNORE_INDEX
 from harness.trainers.kd import kd_loss, soft_cross_entropy
-from harness.trainers.minillm import (
-    length_normalised_return,
-    ppo_clipped_loss,
-    teacher_mixed_weights,
-    token_reverse_kl,
-    token_rewards,
-    whiten,
-    whiten_minibatch,
-)
+from harness.trainers.minillm import length_normalised_return, teacher_mixed_weights, token_reverse_kl, token_rewards
+from harness.trainers.policy_gradient import ppo_clipped_loss, whiten, whiten_minibatch
 from harness.trainers.sft import cross_entropy
 
 
