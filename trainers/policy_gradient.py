@@ -15,13 +15,6 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance over the masked entries (the released MiniLLM code's advantage whitening)."""
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
-    return (values - mean) * torch.rsqrt(variance + 1e-8) * mask
-
-
 def whiten_minibatch(
     values: torch.Tensor, mask: torch.Tensor, padded_width: int | None = None, reduce_sum=lambda t: t
 ) -> torch.Tensor:
