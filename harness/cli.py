@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, handler: Callable, help_text: str, **kwargs) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text, **kwargs)
+        # argparse %-formats help strings (not descriptions): a literal % must be doubled there
+        sub = commands.add_parser(name, help=help_text.replace("%", "%%"), description=help_text, **kwargs)
         sub.set_defaults(handler=handler)
         return sub
 

@@ -175,3 +175,11 @@ def test_train_and_eval_hands_the_whole_evaluation_config_to_checkpoint_evaluati
     assert config.gen_kwargs == {"temperature": 0.6, "max_new_tokens": 64}
     assert config.backend_options == {"tensor_parallel_size": 2}
     assert config.model is None  # each checkpoint fills it in
+
+
+@pytest.mark.parametrize("command", [[], ["eval"], ["tasks"], ["tiny"], ["report"], ["compare"], ["train"],
+                                     ["train-and-eval"]])
+def test_help_prints_for_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0 and "usage: harness" in capsys.readouterr().out
