@@ -76,4 +76,4 @@ def test_cuge_tasks_run_end_to_end_on_the_tiny_t5(random_t5, shared_data, tmp_pa
     assert [r["task"] for r in records] == ["cuge_ccpm", "cuge_cmrc2018"]
     assert all(r["num_docs"] == 2 for r in records)
     samples = [json.loads(line) for line in (written[0].parent / "samples.jsonl").read_text().splitlines()]
-    assert all(len(s["predictions"][0]["logprobs"]) == 4 for s in samples)  # four poems scored per question
+    assert all(len(s["annotations"]["option_logprobs"][0]) == 4 for s in samples)  # four poems per question

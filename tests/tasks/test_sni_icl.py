@@ -9,7 +9,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.metrics.text import exact_match, rouge_l
-from harness.runner import EvalConfig, evaluate
+from harness.runner import EvalConfig, evaluate, request_seed
 from tests.test_runner import backends  # noqa: F401  (fixture: a scripted backend as `load`)
 
 TITLES = {
@@ -63,9 +63,13 @@ def test_prompts_scores_and_macro_mean_over_tasks(tmp_path, backends):  # noqa: 
     # yes/no by option loss (the scripted log-prob is minus the option's length: " No" beats " Yes")
     assert samples[0]["predictions"] == ["No", "No"] and samples[0]["annotations"]["option_logprobs"][0] == [-3, -4]
     assert samples[1]["predictions"] == ["No", "No"] and samples[1]["scores"]["exact_match"] == [1.0, 1.0]
-    # generation: the scripted answer " hello <first prompt word> <seed % 3> ", stripped
-    assert samples[2]["predictions"] == ["hello write 1", "hello write 2"]
-    titles = [rouge_l(p, TITLES["Instances"][i]["output"]) for i in (0, 1) for p in ("hello write 1", "hello write 2")]
+    # generation: the scripted answer " hello <first prompt word> <request seed % 3> ", stripped; each request's
+    # seed comes from (run seed, document), the document counted among the task's generation documents
+    def expected(document: int) -> list[str]:
+        return [f"hello write {request_seed(seed, document) % 3}" for seed in (1, 2)]
+
+    assert samples[2]["predictions"] == expected(0) and samples[3]["predictions"] == expected(1)
+    titles = [rouge_l(p, TITLES["Instances"][i]["output"]) for i in (0, 1) for p in expected(i)]
     per_task = record["details"]["per_task"]
     assert per_task["task2_yes_no"] == {"rougeL": 50.0, "exact_match": 50.0, "num_docs": 2}
     assert per_task["task1_titles"]["rougeL"] == pytest.approx(100 * sum(titles) / 4)
