@@ -76,6 +76,7 @@ def main() -> None:
         profiler = cProfile.Profile()
         profiler.runcall(ours.generate, requests, progress=False)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+    print(f"ratio: {peer_s / ours_s:.2f}")  # ours / peer throughput, last for scripts
 
 
 if __name__ == "__main__":

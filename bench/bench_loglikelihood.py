@@ -71,6 +71,7 @@ def main() -> None:
           f"batch size {args.batch_size} on both sides; max |logprob difference| {gap:.2e}")
     print(f"ours: {ours_s:.2f} s ({len(pairs) / ours_s:.0f} req/s)   lm-eval HFLM: {peer_s:.2f} s "
           f"({len(pairs) / peer_s:.0f} req/s)   ratio ours/peer throughput: {peer_s / ours_s:.2f}x")
+    print(f"ratio: {peer_s / ours_s:.2f}")  # ours / peer throughput, last for scripts
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ def main() -> None:
         print(f"alpha {alpha}: torch {best['torch']:8.1f} tokens/s, engines {best['engines']:8.1f} tokens/s, "
               f"ratio engines/torch {best['engines'] / best['torch']:.2f}")
     engines.close()
+    print(f"ratio: {best['engines'] / best['torch']:.2f}")  # engines / torch loop, student-only (alpha 0), last
 
 
 if __name__ == "__main__":

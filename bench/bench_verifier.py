@@ -109,6 +109,7 @@ def main() -> None:
     for (g, p), a, b in zip(pairs, ours, theirs, strict=True):
         if a != b:
             print(f"  differs: ours={a} math-verify={b} gold={g[:60]!r} pred={p[:60]!r}")
+    print(f"ratio: {theirs_s / ours_s:.2f}")  # ours (batched) / math-verify throughput, last for scripts
 
 
 if __name__ == "__main__":
