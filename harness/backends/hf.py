@@ -204,11 +204,7 @@ class HFBackend(Backend):
                 past_key_values=cache, use_cache=True, logits_to_keep=1,
             )
             cache, logits = out.past_key_values, out.logits[:, -1, :].float()
-            argmax = logits.argmax(-1).tolist()  # one device read per step serves every plain greedy row
-            next_tokens = [self._choose(row, logits[i], argmax[i]) for i, row in enumerate(active)]
-            keep = [i for i, (row, token) in enumerate(zip(active, next_tokens)) if not self._finished(row, token)]
-            kept = set(keep)
-            done += [row for i, row in enumerate(active) if i not in kept]
+            keep, next_tokens = self._next_tokens(active, logits, done)
             if not keep:
                 break
             if len(keep) < len(active):
@@ -219,6 +215,16 @@ class HFBackend(Backend):
             step_input = torch.tensor(next_tokens, device=self.device).unsqueeze(-1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         return done
+
+    def _next_tokens(self, active: list[_Row], logits: torch.Tensor, done: list[_Row]) -> tuple[list[int], list[int]]:
+        """Each active row's next token from its logits (B, V); rows that finish move to `done`. Returns the indices
+        of the rows that go on and every row's token."""
+        argmax = logits.argmax(-1).tolist()  # one device read per step serves every plain greedy row
+        next_tokens = [self._choose(row, logits[i], argmax[i]) for i, row in enumerate(active)]
+        keep = [i for i, (row, token) in enumerate(zip(active, next_tokens)) if not self._finished(row, token)]
+        kept = set(keep)
+        done += [row for i, row in enumerate(active) if i not in kept]
+        return keep, next_tokens
 
     def _choose(self, row: _Row, logits: torch.Tensor, argmax: int) -> int:
         settings = row.request.settings

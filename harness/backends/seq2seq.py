@@ -96,11 +96,7 @@ class Seq2SeqBackend(HFBackend):
             out = self.model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=step_input,
                              past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.logits[:, -1, :].float()
-            argmax = logits.argmax(-1).tolist()
-            next_tokens = [self._choose(row, logits[i], argmax[i]) for i, row in enumerate(active)]
-            keep = [i for i, (row, token) in enumerate(zip(active, next_tokens)) if not self._finished(row, token)]
-            kept = set(keep)
-            done += [row for i, row in enumerate(active) if i not in kept]
+            keep, next_tokens = self._next_tokens(active, logits, done)
             if not keep:
                 break
             if len(keep) < len(active):
