@@ -7,14 +7,13 @@ The batch order is a pure function of (seed, step), which is what makes resuming
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from harness.data import read_text
+from harness.data import read_json_lines
 from harness.errors import HarnessError
 
 IGNORE_INDEX = -100
@@ -38,14 +37,7 @@ class Problem:
 def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise HarnessError(f"no data file at {path}: check data_dir and the file name settings")
-    rows = []
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise HarnessError(f"{path}:{number} is not valid JSON: fix or remove that line") from None
+    rows = read_json_lines(path)
     if not rows:
         raise HarnessError(f"{path} holds no rows")
     return rows
