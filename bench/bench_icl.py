@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_loglikelihood import timed  # noqa: E402
+from bench.bench_loglikelihood import race_loglikelihood  # noqa: E402
 from bench.random_llama import add_model_arguments, build, machine, ours_and_peer, passage  # noqa: E402
 
 WORDS = (" Negative\n", " Positive\n")
@@ -58,21 +58,13 @@ def main() -> None:
     add_model_arguments(parser)
     args = parser.parse_args()
 
-    from lm_eval.api.instance import Instance
-
     if args.tiny:
         folder, pairs = tiny_requests(args.documents, args.seeds)
     else:
         folder = build(Path(tempfile.mkdtemp()) / "model", args.hidden, args.layers, args.dtype)
         pairs = passages_requests(args.documents, args.seeds)
     device, sync, ours, peer = ours_and_peer(folder, args)
-    instances = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
-    ours.loglikelihood(pairs[:64], progress=False)  # warm-up: kernels, allocator
-    peer.loglikelihood(instances[:64], disable_tqdm=True)
-    ours_s, ours_out = timed(lambda: ours.loglikelihood(pairs, progress=False), sync)
-    peer_s, peer_out = timed(lambda: peer.loglikelihood(instances, disable_tqdm=True), sync)
-    gap = max(abs(a.logprob - b[0]) for a, b in zip(ours_out, peer_out))
-    tokens = sum(len(ours.tokenizer(c + o).input_ids) for c, o in pairs)
+    ours_s, peer_s, gap, tokens = race_loglikelihood(ours, peer, pairs, sync)
     kind = "tiny teacher, icl_synth prompts" if args.tiny else f"random Llama ({args.hidden} x {args.layers} layers)"
     print(f"machine: {machine()}; device {device}, dtype {args.dtype}")
     print(f"model: {kind}; {len(pairs)} requests ({tokens / len(pairs):.0f} tokens each on average), "

@@ -43,19 +43,11 @@ def timed(function, sync, repeats: int = 2) -> tuple[float, object]:
     return best, result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--questions", type=int, default=500)
-    parser.add_argument("--options", type=int, default=4)
-    add_model_arguments(parser)
-    args = parser.parse_args()
-
+def race_loglikelihood(ours, peer, pairs, sync) -> tuple[float, float, float, int]:
+    """Our backend and lm-eval's HFLM on the same (context, continuation) pairs after a warm-up: (our seconds, the
+    peer's seconds, the largest log-prob difference, the tokens scored)."""
     from lm_eval.api.instance import Instance
 
-
-    folder = build(Path(tempfile.mkdtemp()) / "model", args.hidden, args.layers, args.dtype)
-    device, sync, ours, peer = ours_and_peer(folder, args)
-    pairs = questions(args.questions, args.options)
     instances = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
     ours.loglikelihood(pairs[:64], progress=False)  # warm-up: kernels, allocator
     peer.loglikelihood(instances[:64], disable_tqdm=True)
@@ -63,6 +55,19 @@ def main() -> None:
     peer_s, peer_out = timed(lambda: peer.loglikelihood(instances, disable_tqdm=True), sync)
     gap = max(abs(a.logprob - b[0]) for a, b in zip(ours_out, peer_out))
     tokens = sum(len(ours.tokenizer(c + o).input_ids) for c, o in pairs)
+    return ours_s, peer_s, gap, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", type=int, default=500)
+    parser.add_argument("--options", type=int, default=4)
+    add_model_arguments(parser)
+    args = parser.parse_args()
+    folder = build(Path(tempfile.mkdtemp()) / "model", args.hidden, args.layers, args.dtype)
+    device, sync, ours, peer = ours_and_peer(folder, args)
+    pairs = questions(args.questions, args.options)
+    ours_s, peer_s, gap, tokens = race_loglikelihood(ours, peer, pairs, sync)
     print(f"machine: {machine()}; device {device}, dtype {args.dtype}")
     size = sum(p.numel() for p in ours.model.parameters()) / 1e6
     print(f"model: random Llama, {size:.0f}M parameters (hidden {args.hidden}, {args.layers} layers, head_dim 64, "
