@@ -76,6 +76,17 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
     add("--chat-template", action="store_true", default=None,
         help="wrap each prompt in the model's chat template as one user turn (default: plain prompts)")
+    add("--protocol", metavar="NAME", help="a paper's evaluation protocol for the math tasks (prompt, decoding and "
+        "verifier together): default, trapo, qwen25-math-cot, simplerl (default: the suite's, e.g. trapo for "
+        "trapo5, else default); see docs/math.md")
+    analyses = parser.add_argument_group("MiniLLM analyses")
+    analyses.add_argument("--length-tokenizer", metavar="PATH", help="tokenizer folder that counts reference "
+                          "lengths for the S-NI/UnNI length buckets (GPT-2's in the paper; default: words)")
+    analyses.add_argument("--exposure-average", choices=["generating", "all"], help="ExAccErr: average each "
+                          "position over the samples still generating there (default, the released script) or "
+                          "over all samples, ended ones counting 0")
+    analyses.add_argument("--exposure-first-token", action="store_true", default=None, help="ExAccErr from the "
+                          "first response token (the released script starts at the second)")
     _add_engine_arguments(parser)
 
 

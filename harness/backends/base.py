@@ -172,12 +172,14 @@ class Backend(ABC):
         """The log-prob of each continuation token, split as in `loglikelihood` (see `split_requests` for
         `move_whitespace=False`)."""
 
-    def chat_prompt(self, text: str) -> str:
-        """`text` as one user turn in the checkpoint's chat template, ending where the assistant's reply begins."""
+    def chat_prompt(self, text: str | list[dict[str, str]]) -> str:
+        """`text` as one user turn (or a list of turns, e.g. system then user) in the checkpoint's chat template,
+        ending where the assistant's reply begins."""
         tokenizer = self.tokenizer  # every backend keeps its checkpoint's transformers tokenizer
         if not getattr(tokenizer, "chat_template", None):
-            raise HarnessError(f"{self.name} has no chat template: drop --chat-template to use plain prompts")
-        messages = [{"role": "user", "content": text}]
+            raise HarnessError(f"{self.name} has no chat template: drop --chat-template, or pick a --protocol that "
+                               "sends plain prompts")
+        messages = [{"role": "user", "content": text}] if isinstance(text, str) else text
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def close(self) -> None:
