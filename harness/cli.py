@@ -146,7 +146,7 @@ def print_summary(paths) -> None:
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    from harness.registry import get_suite, get_task, suites, task_names
+    from harness.registry import get_suite, get_task, protocols, suites, task_names
 
     for name in task_names():
         task = get_task(name)
@@ -156,9 +156,12 @@ def cmd_tasks(args: argparse.Namespace) -> None:
     for name, tasks in suites().items():
         suite = get_suite(name)
         about = f"  ({suite.description})" if suite and suite.description else ""
+        about += f"  [protocol: {suite.protocol}]" if suite and suite.protocol else ""
         print(f"suite {name:<10} {', '.join(tasks)}{about}")
         for task, levels in (suite.hierarchy.items() if suite else ()):
             print(f"    {task:<20} {' -> '.join(levels)}")
+    for name, source in protocols().items():
+        print(f"protocol {name:<16} {source}")
 
 
 def cmd_tiny(args: argparse.Namespace) -> None:

@@ -1,13 +1,15 @@
 """The math reasoning suite of RLVR papers (suite `math`): GSM8K, MATH-500, AIME 2024/2025, AMC 2023, Minerva Math
-and OlympiadBench, scored by the final answer.
+and OlympiadBench, scored by the final answer; also AMC-83 and Gaokao 2023 (English), and TRAPO's five-set suite
+`trapo5`.
 
-Protocol (eval-protocols section 4, as in the Qwen2.5-Math evaluation and the RLVR papers that reuse it, TRAPO
-among them): the problem, then "Please reason step by step, and put your final answer within \\boxed{}." as the
-plain prompt, or the same text as one user turn of the model's chat template (`--chat-template`). Each completion
-is judged against the gold as math-verify's parse + verify reads it (`verify_completions`, the function behind the
-RLVR `math_reward` too: a single boxed number exactly in-process, else math-verify in killable workers); only where
-math-verify finds no answer is the last number taken, counted as a fallback (`fallback_rate`; per prediction
-`method` in samples.jsonl).
+Protocol `default` (the other named protocols, `--protocol trapo|qwen25-math-cot|simplerl`, are in
+`harness.tasks.math_protocols`; `trapo5` runs under `trapo`), from eval-protocols section 4, as in the Qwen2.5-Math
+evaluation and the RLVR papers that reuse it: the problem, then "Please reason step by step, and put your final
+answer within \\boxed{}." as the plain prompt, or the same text as one user turn of the model's chat template
+(`--chat-template`). Each completion is judged against the gold as math-verify's parse + verify reads it
+(`verify_completions`, the function behind the RLVR `math_reward` too: a single boxed number exactly in-process,
+else math-verify in killable workers); only where math-verify finds no answer is the last number taken, counted as a
+fallback (`fallback_rate`; per prediction `method` in samples.jsonl).
 
 Sampling: AIME 2024, AIME 2025 and AMC 2023 draw 32 samples at temperature 0.6, top-p 0.95 (avg@32); the others
 decode greedily once (the Qwen2.5-Math style). All allow 2,048 new tokens; reasoning models need
@@ -21,10 +23,12 @@ Data (`shared/data/<set>/test.jsonl`, else the hub): GSM8K test (openai/gsm8k, g
 problems of AMC 12A/12B 2023 (math-ai/amc23), not the 83-problem AMC set (AI-MO/aimo-validation-amc) behind
 TRAPO's "AMC" column; Minerva Math, 272 OCW problems (locally the gold is the last `\\boxed{}` of `solution`, on
 the hub math-ai/minervamath the `answer` column); OlympiadBench, English text-only open-ended maths, 675 problems
-(Hothan/OlympiadBench, OE_TO_maths_en_COMP; gold `final_answer`).
-Differences from the Qwen2.5-Math code: one prompt for every set (it has per-set few-shot and chat prompts),
-its own answer normaliser is replaced by math-verify (see `harness.metrics.math`), and OlympiadBench's unit is not
-appended to the gold.
+(Hothan/OlympiadBench, OE_TO_maths_en_COMP; gold `final_answer`); AMC-83, AMC 12 2022-2023 as TRAPO's
+`data/valid.amc.parquet` holds it (one row per problem of its 32 copies; AI-MO/aimo-validation-amc on the hub);
+Gaokao 2023 English, 385 problems from Qwen2.5-Math's `evaluation/data` (gold `answer` without `$`).
+Differences from the Qwen2.5-Math code: one prompt for every set (it has per-set few-shot and chat prompts), and
+its own answer normaliser is replaced by math-verify (see `harness.metrics.math`). OlympiadBench's unit is not
+appended to the gold, as in Qwen's `parse_ground_truth` (which keeps only `final_answer[0]`; we join them all).
 """
 
 from __future__ import annotations
