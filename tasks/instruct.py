@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from harness.backends.base import SamplingSettings
+from harness.errors import HarnessError
 from harness.metrics.text import distinct_n, exact_match, rouge_l
 from harness.registry import register_task
 from harness.task import DataSource, Doc, Metric, Task, sample_mean, seed_mean
@@ -113,7 +114,12 @@ def token_count(tokenizer_path: str) -> Length:
     """Reference length in the tokens of a local tokenizer (special tokens not counted)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    except (OSError, ValueError) as error:
+        raise HarnessError(f"--length-tokenizer {tokenizer_path} holds no tokenizer that loads "
+                           f"({str(error).splitlines()[0]}): pass a "
+                           "tokenizer folder such as a GPT-2 checkpoint's") from None
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -290,6 +290,15 @@ def test_report_shows_the_analysis_figures(runs, tmp_path):
         assert encoded in html
 
 
+def test_a_length_tokenizer_folder_without_a_tokenizer_is_a_user_error(tmp_path, random_model):
+    with pytest.raises(HarnessError, match="holds no tokenizer"):
+        evaluate(EvalConfig(model=str(random_model), tasks="sni", length_tokenizer=str(tmp_path),
+                            output_dir=str(tmp_path / "runs"), progress=False, device="cpu"))
+    with pytest.raises(HarnessError, match="is not a folder"):
+        evaluate(EvalConfig(model=str(random_model), tasks="sni", length_tokenizer=str(tmp_path / "none"),
+                            output_dir=str(tmp_path / "runs"), progress=False, device="cpu"))
+
+
 def test_bad_labels_are_a_user_error(tmp_path, random_model):
     (tmp_path / "sst2").mkdir()
     (tmp_path / "sst2" / "stsa.binary.dev").write_text("5 a label out of range\n")
