@@ -52,7 +52,7 @@ def exacc_err_curve(results: list[dict[str, Any]]) -> Figure | None:
 def reliability_diagram(results: list[dict[str, Any]]) -> Figure | None:
     """Accuracy against mean confidence per bin of the reported ECE's binning, one subplot per (model, task), with
     that ECE in the title."""
-    found = [r for r in results if isinstance(r.get("details", {}).get("reliability"), dict)]
+    found = [r for r in results if "bins" in (r.get("details", {}).get("reliability") or {})]  # older: not drawn
     if not found:
         return None
     figure, columns = _grid(len(found), 3.6, 3.6)
