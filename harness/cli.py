@@ -76,6 +76,17 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
     add("--chat-template", action="store_true", default=None,
         help="wrap each prompt in the model's chat template as one user turn (default: plain prompts)")
+    add("--protocol", metavar="NAME", help="a paper's evaluation protocol for the math tasks (prompt, decoding and "
+        "verifier together): default, trapo, qwen25-math-cot, simplerl (default: the suite's, e.g. trapo for "
+        "trapo5, else default); see docs/math.md")
+    analyses = parser.add_argument_group("MiniLLM analyses")
+    analyses.add_argument("--length-tokenizer", metavar="PATH", help="tokenizer folder that counts reference "
+                          "lengths for the S-NI/UnNI length buckets (GPT-2's in the paper; default: words)")
+    analyses.add_argument("--exposure-average", choices=["generating", "all"], help="ExAccErr: average each "
+                          "position over the samples still generating there (default, the released script) or "
+                          "over all samples, ended ones counting 0")
+    analyses.add_argument("--exposure-first-token", action="store_true", default=None, help="ExAccErr from the "
+                          "first response token (the released script starts at the second)")
     _add_engine_arguments(parser)
 
 
@@ -135,7 +146,7 @@ def print_summary(paths) -> None:
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    from harness.registry import get_suite, get_task, suites, task_names
+    from harness.registry import get_suite, get_task, protocols, suites, task_names
 
     for name in task_names():
         task = get_task(name)
@@ -145,9 +156,12 @@ def cmd_tasks(args: argparse.Namespace) -> None:
     for name, tasks in suites().items():
         suite = get_suite(name)
         about = f"  ({suite.description})" if suite and suite.description else ""
+        about += f"  [protocol: {suite.protocol}]" if suite and suite.protocol else ""
         print(f"suite {name:<10} {', '.join(tasks)}{about}")
         for task, levels in (suite.hierarchy.items() if suite else ()):
             print(f"    {task:<20} {' -> '.join(levels)}")
+    for name, source in protocols().items():
+        print(f"protocol {name:<16} {source}")
 
 
 def cmd_tiny(args: argparse.Namespace) -> None:
