@@ -205,10 +205,14 @@ def format_speedup(record: dict) -> str:
     def times(value: float | None) -> str:
         return "not reached" if value is None else f"{value:.2f}x"
 
-    return (f"step speed-up: {times(record['speedup'])} to reach {record['baseline_final']:.2f} ({record['task']} main "
+    line = (f"step speed-up: {times(record['speedup'])} to reach {record['baseline_final']:.2f} ({record['task']} main "
             f"metric of grpo@{record['baseline_steps']}, standard error {record['baseline_stderr']:.2f}); "
             f"{times(record['speedup_low_target'])} for one standard error less, "
             f"{times(record['speedup_high_target'])} for one more")
+    if not record["baseline_improved"]:
+        line += (f"; but grpo ended below the initial policy ({record['initial']:.2f}), so this measures no learning "
+                 "speed-up")
+    return line
 
 
 def cmd_train_and_eval(args: argparse.Namespace) -> None:

@@ -205,24 +205,29 @@ def _cropi_stages(evaluation: EvalConfig) -> dict[str, float]:
     return timings
 
 
-def step_speedup(output_dir: Path, task: str, baseline: str = "grpo", method: str = "cropi") -> dict:
+def step_speedup(output_dir: Path, task: str, baseline: str = "grpo", method: str = "cropi",
+                 initial: str = "sft-init") -> dict:
     """The paper's speed-up: the baseline's steps to its final checkpoint over the method's steps to first reach
     that checkpoint's main metric (None when it never does), read from the stored results of every checkpoint.
 
-    With it, the same ratio for targets one standard error below and above the baseline's final score: the spread
-    the evaluation's noise allows.
+    With it, the same ratio for targets one standard error below and above the baseline's final score (the spread
+    the evaluation's noise allows), and the score of the policy both started from (`initial`'s last checkpoint):
+    when the baseline ends below it, the ratio measures no learning and `baseline_improved` is false.
     """
     curves = {name: _curve(Path(output_dir), name, task) for name in (baseline, method)}
     if not all(curves.values()):
         raise HarnessError(f"no evaluated checkpoints of {baseline} and {method} on {task} under {output_dir}")
     last = max(curves[baseline])
     final, stderr = curves[baseline][last]
+    start = _curve(Path(output_dir), initial, task)
+    start_score = start[max(start)][0] if start else None
 
     def ratio(target: float) -> float | None:
         reached = [step for step, (value, _) in sorted(curves[method].items()) if value >= target]
         return last / reached[0] if reached else None
 
-    return {"task": task, "baseline_final": final, "baseline_stderr": stderr, "baseline_steps": last,
+    return {"task": task, "initial": start_score, "baseline_improved": start_score is None or final > start_score,
+            "baseline_final": final, "baseline_stderr": stderr, "baseline_steps": last,
             "speedup": ratio(final), "speedup_low_target": ratio(final - stderr),
             "speedup_high_target": ratio(final + stderr),
             "curves": {name: {step: value for step, (value, _) in sorted(curve.items())}

@@ -189,3 +189,33 @@ def test_selection_files_reproduce_and_a_run_resumed_mid_stage_matches_an_uninte
     log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
     again = [json.loads(line) for line in (resumed / "log.jsonl").read_text().splitlines()]
     assert [r["reward"] for r in log] == [r["reward"] for r in again]  # the same prompts and samples
+
+
+def test_step_speedup_reads_every_checkpoint_and_brackets_the_target_by_its_standard_error(tmp_path):
+    from harness.cli import format_speedup
+    from harness.pipeline import step_speedup
+
+    def result(method: str, step: int, value: float, selected: bool = False) -> None:
+        folder = tmp_path / (f"{method}__selected" if selected else f"{method}__step-{step}") / "math_synth"
+        folder.mkdir(parents=True)
+        training = {"method": method, "step": step, **({"selected_by": "valid_loss"} if selected else {})}
+        (folder / "results.json").write_text(json.dumps({
+            "main_metric": "avg@8", "metrics": {"avg@8": value, "avg@8_stderr": 1.0}, "training": training}))
+
+    for step, value in ((10, 3.0), (20, 4.0), (30, 4.5), (40, 5.0)):
+        result("grpo", step, value)
+    for step, value in ((10, 4.2), (20, 5.5), (30, 6.5), (40, 6.0)):
+        result("cropi", step, value)
+    result("cropi", 10, 99.0, selected=True)  # the chosen checkpoint's second record is not a point of the curve
+    result("sft-init", 120, 5.5)
+    record = step_speedup(tmp_path, "math_synth")
+    assert (record["baseline_final"], record["baseline_steps"]) == (5.0, 40)
+    assert record["initial"] == 5.5 and not record["baseline_improved"]
+    assert "measures no learning" in format_speedup(record)
+    assert record["speedup"] == 2.0  # cropi reaches 5.0 at step 20: 40 / 20
+    assert record["speedup_low_target"] == 4.0 and record["speedup_high_target"] == 40 / 30
+    assert record["curves"]["cropi"] == {10: 4.2, 20: 5.5, 30: 6.5, 40: 6.0}
+    result("grpo", 50, 9.0)
+    record = step_speedup(tmp_path, "math_synth")
+    assert record["speedup"] is None and record["baseline_improved"]
+    assert "not reached" in format_speedup(record) and "no learning" not in format_speedup(record)
