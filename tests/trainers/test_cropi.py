@@ -73,6 +73,40 @@ def test_the_qwen_recipe_has_the_papers_selection_settings():
     assert len(config.influence_valid_files) == 2
 
 
+def test_the_offline_store_samples_only_missing_parts_and_refuses_other_settings(tmp_path):
+    from harness.errors import HarnessError
+    from harness.trainers.influence import OfflineRollouts
+
+    sampled = []
+
+    def sample_part(k: int) -> dict[str, torch.Tensor]:
+        sampled.append(k)
+        ids = torch.full((2, 3), k)
+        return {"prompt_ids": ids, "prompt_mask": torch.ones(2, 3), "response_ids": ids[:, : k + 1],
+                "response_mask": torch.ones(2, k + 1), "behaviour_logprobs": -torch.ones(2, k + 1),
+                "rewards": torch.tensor([0.0, 1.0])}
+
+    settings = {"model": "m", "train_responses": 2}
+    first = OfflineRollouts(tmp_path, settings).load("train", 3, sample_part, pad_id=0)
+    assert sampled == [0, 1, 2] and first["response_ids"].shape == (6, 3) and first["rewards"].tolist() == [0, 1] * 3
+    again = OfflineRollouts(tmp_path, settings).load("train", 3, sample_part, pad_id=0)
+    assert sampled == [0, 1, 2] and all(torch.equal(first[name], again[name]) for name in first)
+    (tmp_path / "train" / "part-1.pt").unlink()  # as if the run was killed before writing it
+    OfflineRollouts(tmp_path, settings).load("train", 3, sample_part, pad_id=0)
+    assert sampled == [0, 1, 2, 1]
+    with pytest.raises(HarnessError, match="train_responses"):
+        OfflineRollouts(tmp_path, {**settings, "train_responses": 4})
+
+
+def test_bad_selection_settings_are_one_line_errors():
+    from harness.errors import HarnessError
+
+    for setting, message in (("selector=best", "selector"), ("select_fraction=0", "select_fraction"),
+                             ("valid_responses=1", "valid_responses")):
+        with pytest.raises(HarnessError, match=message):
+            load(CROPIConfig, None, [setting])
+
+
 # ---- gradients on the tiny policy ------------------------------------------------------------------------
 SMALL = ["rollouts_per_round=2", "group_size=4", "batch_size=8", "micro_batch_size=8", "ppo_epochs=1",
          "max_new_tokens=12", "max_prompt_tokens=64", "rollout_batch_size=8", "train_responses=4",
