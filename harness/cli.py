@@ -211,11 +211,26 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(path)
 
 
-RLVR_METHODS = ("grpo", "trapo")
+RLVR_METHODS = ("grpo", "trapo", "cropi")
+
+
+def format_speedup(record: dict) -> str:
+    """One line: the step speed-up of CROPI over full-data GRPO, with the spread one standard error allows."""
+    def times(value: float | None) -> str:
+        return "not reached" if value is None else f"{value:.2f}x"
+
+    line = (f"step speed-up: {times(record['speedup'])} to reach {record['baseline_final']:.2f} ({record['task']} main "
+            f"metric of grpo@{record['baseline_steps']}, standard error {record['baseline_stderr']:.2f}); "
+            f"{times(record['speedup_low_target'])} for one standard error less, "
+            f"{times(record['speedup_high_target'])} for one more")
+    if not record["baseline_improved"]:
+        line += (f"; but grpo ended below the initial policy ({record['initial']:.2f}), so this measures no learning "
+                 "speed-up")
+    return line
 
 
 def cmd_train_and_eval(args: argparse.Namespace) -> None:
-    from harness.pipeline import tiny_distillation, tiny_rlvr, train_and_evaluate
+    from harness.pipeline import step_speedup, tiny_cropi, tiny_distillation, tiny_rlvr, train_and_evaluate
     from harness.reports import write_leaderboard
 
     if args.tasks is None:
@@ -225,6 +240,10 @@ def cmd_train_and_eval(args: argparse.Namespace) -> None:
     if tiny and args.method in ("minillm", "trapo"):
         timings = tiny_distillation(evaluation) if args.method == "minillm" else tiny_rlvr(evaluation)
         print("stage seconds: " + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in timings.items()))
+    elif tiny and args.method == "cropi":
+        timings = tiny_cropi(evaluation)
+        print("stage seconds: " + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in timings.items()))
+        print(format_speedup(step_speedup(Path(evaluation.output_dir), args.tasks.split(",")[0])))
     else:
         train_and_evaluate(args.method, args.config, args.overrides, evaluation)
     for path in write_leaderboard(Path(evaluation.output_dir)):
@@ -232,7 +251,7 @@ def cmd_train_and_eval(args: argparse.Namespace) -> None:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("method", help="sft, kd, seqkd, minillm, grpo or trapo (or a plug-in trainer)")
+    parser.add_argument("method", help="sft, kd, seqkd, minillm, grpo, trapo or cropi (or a plug-in trainer)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe settings to override, e.g. lr=1e-4")
     parser.add_argument("--config", help="YAML recipe (default: configs/METHOD.yaml, the tiny CPU recipe)")
 
@@ -277,10 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "train, evaluate every checkpoint as soon as it is written, then write the leaderboard; "
                    "`harness train-and-eval minillm` alone runs the built-in tiny distillation recipe (teacher, "
                    "SFT-initialised student, SFT/KD/SeqKD/MiniLLM students) on the CPU in minutes; "
-                   "`harness train-and-eval trapo` alone the tiny RLVR recipe (GRPO, SFT-then-RL, TRAPO)")
+                   "`harness train-and-eval trapo` alone the tiny RLVR recipe (GRPO, SFT-then-RL, TRAPO); "
+                   "`harness train-and-eval cropi` alone full-data GRPO against CROPI, with the step speed-up")
     _add_train_arguments(both)
-    both.add_argument("--tasks", help="tasks evaluated at each checkpoint (default: math_synth for grpo and trapo, "
-                      "else synth)")
+    both.add_argument("--tasks", help="tasks evaluated at each checkpoint (default: math_synth for grpo, trapo and "
+                      "cropi, else synth)")
     both.add_argument("--output-dir", default="runs", help="results root (default: runs)")
     both.add_argument("--data-dir", help="data folder for the evaluation tasks")
     both.add_argument("--limit", type=int, help="evaluate only the first N rows of each task")
