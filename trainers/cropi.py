@@ -65,7 +65,8 @@ class CROPIConfig(GRPOConfig):
     stage_steps: int = 50  # optimizer steps per stage; a multiple of the steps per rollout round
     train_responses: int = 8  # offline responses per training prompt
     valid_responses: int = 32  # offline responses per validation prompt
-    influence_valid_files: tuple[str, ...] = ("valid.jsonl",)  # validation sets in data_dir, ranked separately
+    # validation sets in data_dir (or split names of `dataset`), ranked separately
+    influence_valid_files: tuple[str, ...] = ("valid.jsonl",)
     max_valid_prompts: int = 100  # per validation set
     influence_kl_coef: float = 0.001  # KL to the initial policy in the scored surrogate
     keep_ratio: float = 0.1  # share of gradient coordinates kept before the projection (paper: 1% to 10%)
@@ -95,7 +96,8 @@ class CROPITrainer(GRPOTrainer):
     def prepare_data(self) -> None:
         super().prepare_data()
         config = self.config
-        self.valid_sets = {Path(name).stem: self.read_problems(name, config.max_valid_prompts)
+        # with `dataset`, each name is a split of it
+        self.valid_sets = {Path(name).stem: self.read_problems(name, name, config.max_valid_prompts)
                            for name in config.influence_valid_files}
         self.select_count = max(1, round(config.select_fraction * len(self.problems)))
         if config.stage_steps % self.steps_per_round:
@@ -221,9 +223,10 @@ class CROPITrainer(GRPOTrainer):
     def offline_settings(self) -> dict:
         """What the stored responses depend on."""
         config = self.config
-        names = ("model", "data_dir", "train_file", "max_train_samples", "influence_valid_files", "max_valid_prompts",
-                 "train_responses", "valid_responses", "prompt_field", "answer_field", "chat_template",
-                 "max_prompt_tokens", "max_new_tokens", "temperature", "top_p", "rollout_batch_size", "seed")
+        names = ("model", "data_dir", "train_file", "dataset", "dataset_config", "train_split", "max_train_samples",
+                 "influence_valid_files", "max_valid_prompts", "train_responses", "valid_responses", "prompt_field",
+                 "answer_field", "chat_template", "max_prompt_tokens", "max_new_tokens", "temperature", "top_p",
+                 "rollout_batch_size", "seed")
         return {name: str(value) if isinstance(value, Path) else value
                 for name in names for value in [getattr(config, name)]}
 

@@ -142,7 +142,7 @@ class MiniLLMConfig(OnPolicyConfig):
     single_step_weighted: bool = True  # code: false (drops w_t from the single-step term)
     reward_scale: float = 1.0  # code: 2.0
     reward_clip: float | None = None  # code: 100
-    pretrain_file: str | None = "pretrain.jsonl"  # rows {"text": ...} in data_dir; null (or pretrain_coef 0): no pre-training term
+    pretrain_file: str | None = "pretrain.jsonl"  # {"text"} rows in data_dir; null or pretrain_coef 0: none
     pretrain_seq_len: int = 512
     pretrain_batch_size: int = 64  # pre-training sequences per optimizer step, all processes together
     pretrain_coef: float = 1.0
