@@ -173,8 +173,8 @@ def _rlvr_stages(evaluation: EvalConfig) -> dict[str, float]:
 # model's passes short on a CPU; FT gets a rate for a 2M-parameter model (the spec's 5e-6 is for billions).
 PPT_TINY = ("num_virtual_tokens=20", "epochs=8", "eval_every=16", "save_every=16")
 # Prompt pre-training at the rate of Lester et al.'s prompt tuning (0.3); the spec gives no pre-training rate.
-PPT_PRETRAIN = ("format=single", "pretrain_rows=800", "valid_rows=64", "lr=0.3", "max_steps=100", "eval_every=50",
-                "save_every=50")
+PPT_PRETRAIN = ("format=single", "pretrain_rows=800", "valid_rows=64", "lr=0.3", "max_steps=60", "eval_every=30",
+                "save_every=30")
 PPT_SPLITS = (1, 2, 3)
 
 
@@ -229,7 +229,7 @@ def summarise_splits(root: Path, name: str, labels: list[str]) -> list[Path]:
                                                    "higher_is_better", "num_docs", "versions")}
         record.update(model=name, model_identity=identity, created=members[-1]["created"],
                       metrics={main: statistics.fmean(values), f"{main}_std": statistics.pstdev(values)},
-                      splits=[{"model": label, "checkpoint": m["model_path"], main: value}
+                      splits=[{"model": label, "checkpoint": m["config"]["model"], main: value}
                               for label, m, value in zip(labels, members, values)])
         written.append(store.write_results(store.task_dir(root, name, record["task"]), record, [], overwrite=True))
     return written

@@ -38,7 +38,7 @@ def single_prompt(sentence: str) -> str:
 
 
 def pair_prompt(first: str, second: str) -> str:
-    return f"{collapse(first)} Question: {collapse(second).rstrip('?')}? Answer:"
+    return f"{collapse(first)} Question: {collapse(second).rstrip('.?!')}? Answer:"
 
 
 def choice_prompt(context: str, options: list[str] | tuple[str, ...]) -> str:

@@ -204,20 +204,20 @@ def test_identity_covers_the_prompt_and_bad_folders_are_one_line(trained, small_
 @pytest.mark.slow
 def test_sigkill_then_rerun_resumes_exactly(small_model, corpus, tmp_path):
     command = ["-m", "harness.trainers", "ppt"]
-    killed = launch(command + settings(small_model, corpus, tmp_path / "killed", "max_steps=8"))
+    killed = launch(command + settings(small_model, corpus, tmp_path / "killed", "max_steps=4"))
     deadline = time.time() + 240
     while not (tmp_path / "killed" / "step-2" / "trainer_state.json").exists():
         assert killed.poll() is None and time.time() < deadline, killed.stdout.read() if killed.stdout else ""
         time.sleep(0.02)
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
-    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "killed" / "step-8").exists()
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "killed" / "step-4").exists()
     for name in ("killed", "straight"):
-        process = launch(command + settings(small_model, corpus, tmp_path / name, "max_steps=8"))
+        process = launch(command + settings(small_model, corpus, tmp_path / name, "max_steps=4"))
         out, _ = process.communicate(timeout=300)
         assert process.returncode == 0, out
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 9))
-    resumed, straight = (load_file(tmp_path / name / "step-8" / "adapter_model.safetensors")["prompt_embeddings"]
+    assert steps == list(range(1, 5))
+    resumed, straight = (load_file(tmp_path / name / "step-4" / "adapter_model.safetensors")["prompt_embeddings"]
                          for name in ("killed", "straight"))
     assert (resumed - straight).abs().max() < 1e-5
