@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
-import time
 
 import pytest
 import torch
@@ -15,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from harness.errors import HarnessError
 from harness.trainers.ppt_data import as_choice, choice_row, pair_row, pretraining_rows, pseudo_labels, sentences
-from tests.conftest import make_random_model
-from tests.trainers.conftest import launch
+from tests.conftest import SHARED_DATA, make_random_model
+from tests.trainers.conftest import kill_when, launch
 
 # Every sentence says where it lives, so a row's label can be checked against the corpus it came from.
 DOCS = [" ".join(f"Doc {d} line {i}." for i in range(2 + d % 4)) for d in range(12)]
@@ -205,13 +203,8 @@ def test_identity_covers_the_prompt_and_bad_folders_are_one_line(trained, small_
 def test_sigkill_then_rerun_resumes_exactly(small_model, corpus, tmp_path):
     command = ["-m", "harness.trainers", "ppt"]
     killed = launch(command + settings(small_model, corpus, tmp_path / "killed", "max_steps=4"))
-    deadline = time.time() + 240
-    while not (tmp_path / "killed" / "step-2" / "trainer_state.json").exists():
-        assert killed.poll() is None and time.time() < deadline, killed.stdout.read() if killed.stdout else ""
-        time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    killed.communicate()
-    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "killed" / "step-4").exists()
+    kill_when(killed, tmp_path / "killed" / "step-2" / "trainer_state.json")
+    assert not (tmp_path / "killed" / "step-4").exists()
     for name in ("killed", "straight"):
         process = launch(command + settings(small_model, corpus, tmp_path / name, "max_steps=4"))
         out, _ = process.communicate(timeout=300)
@@ -221,3 +214,62 @@ def test_sigkill_then_rerun_resumes_exactly(small_model, corpus, tmp_path):
     resumed, straight = (load_file(tmp_path / name / "step-4" / "adapter_model.safetensors")["prompt_embeddings"]
                          for name in ("killed", "straight"))
     assert (resumed - straight).abs().max() < 1e-5
+
+
+def test_splits_summarise_as_mean_and_spread_on_the_leaderboard(tmp_path):
+    from harness.pipeline import summarise_splits
+    from harness.reports import write_leaderboard
+
+    for split, acc in ((1, 50.0), (2, 70.0), (3, 75.0)):
+        folder = tmp_path / f"ft-split{split}__selected" / "ppt_synth"
+        folder.mkdir(parents=True)
+        record = {"schema_version": 1, "task": "ppt_synth", "suites": ["ppt_tiny"], "main_metric": "acc",
+                  "higher_is_better": True, "num_docs": 200, "versions": {}, "model": f"ft-split{split}__selected",
+                  "model_identity": f"id{split}", "created": "2026-01-01T00:00:00Z", "metrics": {"acc": acc},
+                  "config": {"model": f"/runs/ft-split{split}/step-32"},
+                  "training": {"method": f"ft-split{split}", "step": 32, "selected_by": "valid_acc"}}
+        (folder / "results.json").write_text(json.dumps(record))
+    (path,) = summarise_splits(tmp_path, "ft", ["ft-split1", "ft-split2", "ft-split3"])
+    summary = json.loads(path.read_text())
+    # deviations from 65: -15, 5, 10; population variance 350 / 3
+    assert summary["metrics"] == pytest.approx({"acc": 65.0, "acc_std": (350 / 3) ** 0.5})
+    assert [split["checkpoint"] for split in summary["splits"]][0] == "/runs/ft-split1/step-32"
+    board = next(p for p in write_leaderboard(tmp_path) if p.suffix == ".md").read_text()
+    assert "| ft | 65.00 | 65.00 (sd 10.80) |" in board
+
+
+def test_ppt_starts_from_the_pretrained_prompt(trained, small_model, corpus, tmp_path):
+    from harness.config import load
+    from harness.pipeline import recipe_path
+    from harness.trainers.ppt import PPTConfig, PPTTrainer
+
+    _, output = trained
+    config = load(PPTConfig, recipe_path("ppt", None),
+                  settings(small_model, corpus, tmp_path, f"prompt_init={output / 'step-6'}"))
+    model = PPTTrainer(config).build_model()
+    saved = load_file(output / "step-6" / "adapter_model.safetensors")["prompt_embeddings"]
+    assert torch.equal(model.prompt_encoder["default"].embedding.weight.detach(), saved)
+    assert model.prompt_encoder["default"].embedding.weight.requires_grad
+    config = load(PPTConfig, recipe_path("ppt", None), settings(small_model, corpus, tmp_path,
+                  f"prompt_init={output / 'step-6'}", "num_virtual_tokens=8"))
+    with pytest.raises(HarnessError, match="4 virtual tokens: set num_virtual_tokens=4"):
+        PPTTrainer(config).build_model()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="shared/data is not here")
+def test_downstream_rows_are_32_balanced_shots_and_a_disjoint_dev_set(small_model, tmp_path):
+    from harness.config import load
+    from harness.pipeline import recipe_path
+    from harness.trainers.ppt import PPTConfig, PPTTrainer
+
+    rows = {}
+    for seed in (1, 2):
+        config = load(PPTConfig, recipe_path("ppt", None), [f"model={small_model}", "task=ppt_sst2",
+                                                            f"data_dir={SHARED_DATA}", f"split_seed={seed}"])
+        rows[seed] = PPTTrainer(config).downstream_rows()
+    train, dev = rows[1]
+    assert len(train) == len(dev) == 32
+    assert [row["label"] for row in train].count(0) == [row["label"] for row in dev].count(0) == 16
+    assert not {row["prompt"] for row in train} & {row["prompt"] for row in dev}
+    assert all(row["prompt"].endswith(" It was") and row["options"] == [" terrible", " great"] for row in train)
+    assert {row["prompt"] for row in rows[2][0]} != {row["prompt"] for row in train}  # another split
