@@ -6,9 +6,9 @@ changing. `tiny_distillation` is the built-in recipe behind `harness train-and-e
 tiny teacher, a student initialised by SFT (the checkpoint with the lowest validation loss), then SFT, KD, SeqKD and
 MiniLLM students from it, all evaluated on `synth`. `tiny_rlvr` is the one behind `harness train-and-eval trapo`:
 the tiny math policy initialised by a short SFT, then GRPO, SFT-then-RL and TRAPO from it with equal step
-budgets, all evaluated on `math_synth`. `tiny_ppt` is the one behind `harness train-and-eval ppt`: a soft prompt
-pre-trained on the tiny corpus, then PT, PPT and FT tuned on several 32-shot splits of `ppt_synth`, each method's
-splits summarised as one result (mean and spread over the splits).
+budgets, all evaluated on `math_synth`. `tiny_ppt` is the one behind `harness train-and-eval ppt`: the frozen
+language model alone, a soft prompt pre-trained on the tiny corpus, then PT, PPT and FT tuned on several 32-shot
+splits of `ppt_synth`, each method's splits summarised as one result (mean and spread over the splits).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def _rlvr_stages(evaluation: EvalConfig) -> dict[str, float]:
 
 
 # The tiny PPT recipe (configs/ppt.yaml otherwise). A 20-token prompt instead of the paper's 100 keeps the frozen
-# model's passes short on a CPU; FT gets a rate for a 2M-parameter model (the spec's 5e-6 is for billions).
+# model's passes short on a CPU; FT gets a rate for a 0.5M-parameter model (the spec's 5e-6 is for billions).
 PPT_TINY = ("num_virtual_tokens=20", "epochs=8", "eval_every=16", "save_every=16")
 # Prompt pre-training at the rate of Lester et al.'s prompt tuning (0.3); the spec gives no pre-training rate.
 PPT_PRETRAIN = ("format=single", "pretrain_rows=800", "valid_rows=64", "lr=0.3", "max_steps=60", "eval_every=30",
@@ -197,6 +197,7 @@ def _ppt_stages(evaluation: EvalConfig, splits: tuple[int, ...]) -> dict[str, fl
     root = Path(evaluation.output_dir) / "train"
     common = [f"model={paths.model}", f"progress={evaluation.progress}", *PPT_TINY]
     lap("build")
+    evaluate(dataclasses.replace(evaluation, model=str(paths.model), name="frozen-lm", overwrite=True))  # no prompt
     pretrain = root / "ppt-pretrain"
     train_and_evaluate("ppt", None, [*common, "task=", f"corpus={paths.corpus}", f"classifier={paths.classifier}",
                                      *PPT_PRETRAIN, f"output_dir={pretrain}"], evaluation, label="ppt-pretrain")
