@@ -198,6 +198,7 @@ def _ppt_stages(evaluation: EvalConfig, splits: tuple[int, ...]) -> dict[str, fl
     common = [f"model={paths.model}", f"progress={evaluation.progress}", *PPT_TINY]
     lap("build")
     evaluate(dataclasses.replace(evaluation, model=str(paths.model), name="frozen-lm", overwrite=True))  # no prompt
+    lap("frozen-lm")
     pretrain = root / "ppt-pretrain"
     train_and_evaluate("ppt", None, [*common, "task=", f"corpus={paths.corpus}", f"classifier={paths.classifier}",
                                      *PPT_PRETRAIN, f"output_dir={pretrain}"], evaluation, label="ppt-pretrain")

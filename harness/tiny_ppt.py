@@ -9,8 +9,8 @@ byte-level BPE: the corpus's words are single tokens), as PPT assumes a pre-trai
 The same corpus feeds the pre-training formats (`trainers/ppt_data.py`). A labelled set of graded sentences trains a
 tiny HF sequence classifier (`classifier/`, 5 labels), the stand-in for the sentiment classifier whose pseudo-labels
 PPT uses. The downstream set `ppt_synth` (tasks/ppt.py) asks negative (grade 1) or positive (grade 3) of one sentence
-built from other templates, so none of it is copied from the corpus, with the scale's end words as verbalizer. Built once under
-``<cache root>/tiny-ppt-v2/``.
+built from other templates, so none of it is copied from the corpus, with the scale's end words as verbalizer.
+Built once under ``<cache root>/tiny-ppt-v2/``.
 
 Layout: ``model/`` and ``classifier/`` (HF folders), ``data/ppt_corpus.jsonl`` (text per document),
 ``data/ppt_synth/{pool,test}.jsonl`` (text, label 0/1).
