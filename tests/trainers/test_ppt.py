@@ -254,6 +254,9 @@ def test_ppt_starts_from_the_pretrained_prompt(trained, small_model, corpus, tmp
                   f"prompt_init={output / 'step-6'}", "num_virtual_tokens=8"))
     with pytest.raises(HarnessError, match="4 virtual tokens: set num_virtual_tokens=4"):
         PPTTrainer(config).build_model()
+    config = load(PPTConfig, recipe_path("ppt", None), settings(output / "step-6", corpus, tmp_path))
+    with pytest.raises(HarnessError, match="is a soft prompt, not a model"):
+        PPTTrainer(config).build_model()
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="shared/data is not here")
