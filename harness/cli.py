@@ -230,20 +230,19 @@ def format_speedup(record: dict) -> str:
 
 
 def cmd_train_and_eval(args: argparse.Namespace) -> None:
-    from harness.pipeline import step_speedup, tiny_cropi, tiny_distillation, tiny_rlvr, train_and_evaluate
+    from harness.pipeline import step_speedup, tiny_cropi, tiny_distillation, tiny_ppt, tiny_rlvr, train_and_evaluate
     from harness.reports import write_leaderboard
 
     if args.tasks is None:
-        args.tasks = "math_synth" if args.method in RLVR_METHODS else "synth"
+        args.tasks = {"ppt": "ppt_synth", **dict.fromkeys(RLVR_METHODS, "math_synth")}.get(args.method, "synth")
     evaluation = eval_config_from_args(args, recipe=True)
     tiny = args.config is None and not args.overrides
-    if tiny and args.method in ("minillm", "trapo"):
-        timings = tiny_distillation(evaluation) if args.method == "minillm" else tiny_rlvr(evaluation)
+    recipes = {"minillm": tiny_distillation, "trapo": tiny_rlvr, "cropi": tiny_cropi, "ppt": tiny_ppt}
+    if tiny and args.method in recipes:
+        timings = recipes[args.method](evaluation)
         print("stage seconds: " + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in timings.items()))
-    elif tiny and args.method == "cropi":
-        timings = tiny_cropi(evaluation)
-        print("stage seconds: " + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in timings.items()))
-        print(format_speedup(step_speedup(Path(evaluation.output_dir), args.tasks.split(",")[0])))
+        if args.method == "cropi":
+            print(format_speedup(step_speedup(Path(evaluation.output_dir), args.tasks.split(",")[0])))
     else:
         train_and_evaluate(args.method, args.config, args.overrides, evaluation)
     for path in write_leaderboard(Path(evaluation.output_dir)):
@@ -251,7 +250,7 @@ def cmd_train_and_eval(args: argparse.Namespace) -> None:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("method", help="sft, kd, seqkd, minillm, grpo, trapo or cropi (or a plug-in trainer)")
+    parser.add_argument("method", help="sft, kd, seqkd, minillm, grpo, trapo, cropi or ppt (or a plug-in trainer)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe settings to override, e.g. lr=1e-4")
     parser.add_argument("--config", help="YAML recipe (default: configs/METHOD.yaml, the tiny CPU recipe)")
 
@@ -297,10 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "`harness train-and-eval minillm` alone runs the built-in tiny distillation recipe (teacher, "
                    "SFT-initialised student, SFT/KD/SeqKD/MiniLLM students) on the CPU in minutes; "
                    "`harness train-and-eval trapo` alone the tiny RLVR recipe (GRPO, SFT-then-RL, TRAPO); "
-                   "`harness train-and-eval cropi` alone full-data GRPO against CROPI, with the step speed-up")
+                   "`harness train-and-eval cropi` alone full-data GRPO against CROPI, with the step speed-up; "
+                   "`harness train-and-eval ppt` alone the tiny PPT recipe (prompt pre-training, then PT, PPT and "
+                   "FT over 32-shot splits)")
     _add_train_arguments(both)
     both.add_argument("--tasks", help="tasks evaluated at each checkpoint (default: math_synth for grpo, trapo and "
-                      "cropi, else synth)")
+                      "cropi, ppt_synth for ppt, else synth)")
     both.add_argument("--output-dir", default="runs", help="results root (default: runs)")
     both.add_argument("--data-dir", help="data folder for the evaluation tasks")
     both.add_argument("--limit", type=int, help="evaluate only the first N rows of each task")

@@ -10,6 +10,11 @@ traceback after minutes: config.json must be a JSON object naming a known archit
 that declares its own Python code (`auto_map`) needs `trust_remote_code`, weights must exist, a safetensors file
 must hold a whole header and every tensor its header lists, and a pickled weight file (.bin/.pt) must load with
 torch's safe (`weights_only`) unpickler.
+
+A soft prompt is a PEFT prompt-tuning adapter folder (`adapter_config.json`, `adapter_model.safetensors`) that
+names its base model. It resolves to the base model's folder plus the adapter; its identity digests both, so two
+prompts on one base never share cached answers. Checked before loading: the base must be found and checkable, and
+the prompt's width must equal the base model's hidden size.
 """
 
 from __future__ import annotations
@@ -28,11 +33,17 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _WINDOW = 4 << 20
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PROMPT_TENSOR = "prompt_embeddings"  # PEFT's name for the (virtual tokens, hidden) prompt in the adapter file
+
+
 @dataclass(frozen=True)
 class ModelRef:
-    path: Path  # a local HF-format folder
+    path: Path  # a local HF-format folder (for a soft prompt: its base model's)
     name: str  # short display name, used for the results folder
-    identity: str  # hex digest of the weights, config and tokenizer
+    identity: str  # hex digest of the weights, config and tokenizer (and the soft prompt's, when there is one)
+    adapter: Path | None = None  # the soft prompt's folder, applied on top of the model at `path`
 
 
 def _looks_like_path(model: str) -> bool:
@@ -99,8 +110,9 @@ def _read_json(path: Path) -> dict:
     return value
 
 
-def check_safetensors(path: Path) -> None:
-    """The header is whole JSON and every tensor it lists lies inside the file (a truncated copy fails here)."""
+def check_safetensors(path: Path) -> dict:
+    """The header is whole JSON and every tensor it lists lies inside the file (a truncated copy fails here);
+    returns the header (tensor name -> dtype, shape, offsets)."""
     size = path.stat().st_size
     with path.open("rb") as handle:
         prefix = handle.read(8)
@@ -113,6 +125,7 @@ def check_safetensors(path: Path) -> None:
         raise HarnessError(f"{path} is not a safetensors file (unreadable header): re-save or re-download it") from None
     if 8 + length + end > size:
         raise HarnessError(f"{path} is truncated ({size} of {8 + length + end} bytes): re-save or re-download it")
+    return tensors
 
 
 def check_pickled_weights(path: Path) -> None:
@@ -175,10 +188,69 @@ def check_checkpoint(folder: Path, trust_remote_code: bool = False) -> None:
             check_pickled_weights(path)
 
 
+def is_adapter(folder: Path) -> bool:
+    return (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file()
+
+
+def adapter_base(model: str) -> str | None:
+    """The base model a soft-prompt folder names, or None when `model` is not a soft-prompt folder."""
+    local = Path(os.path.expanduser(model))
+    if not (local.is_dir() and is_adapter(local)):
+        return None
+    base = _read_json(local / ADAPTER_CONFIG).get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise HarnessError(f"{local / ADAPTER_CONFIG} names no base model: set base_model_name_or_path to the "
+                           "checkpoint the prompt was trained on")
+    return base
+
+
+def _hidden_size(folder: Path) -> int | None:
+    config = _read_json(folder / "config.json")
+    return next((config[key] for key in ("hidden_size", "d_model", "n_embd") if isinstance(config.get(key), int)),
+                None)
+
+
+def check_prompt_width(adapter: Path, base_folder: Path) -> None:
+    """The prompt is (virtual tokens, width) and the width must be the base model's hidden size."""
+    shape = check_safetensors(adapter / ADAPTER_WEIGHTS).get(PROMPT_TENSOR, {}).get("shape")
+    hidden = _hidden_size(base_folder)
+    if not (isinstance(shape, list) and len(shape) == 2):
+        raise HarnessError(f"{adapter / ADAPTER_WEIGHTS} holds no {PROMPT_TENSOR!r} matrix: pass a folder saved by "
+                           "PEFT prompt tuning")
+    if hidden is not None and shape[1] != hidden:
+        raise HarnessError(f"the soft prompt in {adapter} is {shape[1]} wide but its base model {base_folder} has "
+                           f"hidden size {hidden}: pair the prompt with the model it was trained on (set "
+                           f"base_model_name_or_path in {ADAPTER_CONFIG})")
+
+
+def check_adapter(folder: Path, trust_remote_code: bool = False) -> None:
+    """A soft-prompt folder: PEFT prompt tuning, its weights readable, its base found and matching its width."""
+    peft_type = _read_json(folder / ADAPTER_CONFIG).get("peft_type")
+    if peft_type != "PROMPT_TUNING":
+        raise HarnessError(f"{folder} holds a {peft_type} adapter; only soft prompts (PEFT prompt tuning) are "
+                           "evaluated here: merge other adapters into the model and pass the merged folder")
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise HarnessError(f"{folder} lacks {ADAPTER_WEIGHTS}: pass a folder saved by PEFT's save_pretrained()")
+    base = adapter_base(str(folder))
+    assert base is not None
+    if _looks_like_path(base) and not Path(os.path.expanduser(base)).exists():
+        raise HarnessError(f"the base model {base} of the soft prompt {folder} is not found: put the checkpoint "
+                           f"back there or set base_model_name_or_path in {folder / ADAPTER_CONFIG}")
+    if adapter_base(base) is not None:
+        raise HarnessError(f"the base model {base} of {folder} is itself an adapter: name a full checkpoint")
+    base_folder = check_local(base, trust_remote_code)
+    if base_folder is not None:
+        check_prompt_width(folder, base_folder)
+
+
 def check_local(model: str, trust_remote_code: bool = False) -> Path | None:
-    """The checkpoint folder if `model` is local, None if it is a hub id; a broken local checkpoint is an error."""
+    """The checkpoint folder if `model` is local, None if it is a hub id; a broken local checkpoint is an error.
+    A soft-prompt folder is checked with its base model."""
     local = Path(os.path.expanduser(model))
     if local.exists():
+        if local.is_dir() and is_adapter(local):
+            check_adapter(local, trust_remote_code)
+            return local
         if not (local / "config.json").is_file():
             raise HarnessError(f"{model} has no config.json: pass a folder saved with save_pretrained()")
         check_checkpoint(local, trust_remote_code)
@@ -190,6 +262,14 @@ def check_local(model: str, trust_remote_code: bool = False) -> Path | None:
 
 def resolve(model: str, trust_remote_code: bool = False) -> ModelRef:
     """A local folder is used as it is; anything else is tried as a hub id (downloaded once to the hub cache)."""
+    base = adapter_base(model)
+    if base is not None:
+        adapter = check_local(model, trust_remote_code)
+        assert adapter is not None
+        ref = resolve(base, trust_remote_code)
+        check_prompt_width(adapter, ref.path)  # a hub base is only known once downloaded
+        identity = hashlib.sha256(f"{ref.identity} {model_identity(adapter)}".encode()).hexdigest()
+        return ModelRef(path=ref.path, name=display_name(model, adapter), identity=identity, adapter=adapter)
     folder = check_local(model, trust_remote_code)
     if folder is None:
         folder = _download(model)

@@ -193,7 +193,7 @@ class Trainer:
         if self.needs_teacher:
             self.teacher = self.load_teacher()
         self.reference = self.load_reference()
-        model = load_model(config.model)
+        model = self.build_model()
         self.prepare_data()
         optimizer = torch.optim.AdamW(
             decay_groups(model, config.weight_decay), lr=config.lr, betas=tuple(config.betas)
@@ -203,6 +203,24 @@ class Trainer:
         self.replica = copy.deepcopy(model).to(self.accelerator.device).requires_grad_(False) if sharded else None
         self.replica_version: int | None = None
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        # Only the trained weights go into a checkpoint's resume state (and, through `save_pretrained`, a PEFT
+        # model's folder); frozen ones are rebuilt from `config.model` by `build_model` when a run resumes.
+        self.trained = {name for name, p in self.model.named_parameters() if p.requires_grad}
+        self.partly_frozen = len(self.trained) < len(list(self.model.parameters()))
+        if self.partly_frozen:
+            self.accelerator.register_save_state_pre_hook(self.drop_frozen)
+
+    def build_model(self):
+        """The model the optimizer trains, from `config.model`. Methods that train part of a model (PPT's soft
+        prompt) wrap and freeze it here; parameters left with `requires_grad=False` are neither optimised nor
+        saved."""
+        return load_model(self.config.model)
+
+    def drop_frozen(self, models, weights: list[dict], output_dir: str) -> None:
+        """accelerate's save-state hook: keep only the trained tensors of each state dict."""
+        for state in weights:
+            for name in [name for name in state if name not in self.trained]:
+                del state[name]
 
     def configure_strategy(self) -> None:
         """Refuse the strategies the loop cannot run; give DeepSpeed the recipe's clipping and micro-batch."""
@@ -485,7 +503,7 @@ class Trainer:
         index = self.accelerator.process_index
         try:
             safe_load(folder / f"random_states_{index}.pkl")
-            self.accelerator.load_state(str(folder))
+            self.accelerator.load_state(str(folder), strict=not self.partly_frozen)  # frozen: see setup
             self.load_extra_state(torch.load(folder / f"method_{index}.pt", weights_only=True))
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
             raise HarnessError(f"{folder} holds training state that safe loading refuses ({type(error).__name__}: "

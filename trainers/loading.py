@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from harness.errors import HarnessError
-from harness.models import check_local
+from harness.models import adapter_base, check_local
 
 
 def _from_pretrained(loader, path: str, **options):
@@ -13,6 +13,9 @@ def _from_pretrained(loader, path: str, **options):
     if not path:
         raise HarnessError("no model given: set model=<checkpoint folder or hub id>")
     check_local(path)  # a local path that is missing or not a checkpoint
+    if adapter_base(path) is not None:
+        raise HarnessError(f"{path} is a soft prompt, not a model: train from its base model "
+                           f"({adapter_base(path)}) and pass the prompt as prompt_init (PPT)")
     try:
         return loader.from_pretrained(path, **options)
     except (OSError, ValueError) as error:  # missing files, an unknown architecture, custom code

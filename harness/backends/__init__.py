@@ -42,13 +42,24 @@ def resolve_backend_name(backend: str) -> str:
 def load(model: str, backend: str = "hf", **options) -> Backend:
     """Load `model` (a local HF-format folder or a hub id) on the named backend ("hf", "vllm" or "auto").
 
-    On transformers, an encoder-decoder checkpoint (T5, mT5) gets the encoder-decoder backend (`seq2seq.py`)."""
+    On transformers, an encoder-decoder checkpoint (T5, mT5) gets the encoder-decoder backend (`seq2seq.py`); a soft
+    prompt (a PEFT prompt-tuning folder naming its base model) gets the transformers backend."""
     name = resolve_backend_name(backend)
     if name not in _BACKENDS:
         raise HarnessError(f"unknown backend {backend!r}: choose one of hf, vllm, auto")
     from harness.backends.seq2seq import is_encoder_decoder
+    from harness.models import adapter_base
 
-    if is_encoder_decoder(model):
+    base = adapter_base(model)
+    if base is not None:  # a soft prompt: the transformers backend applies it (soft_prompt.py)
+        if backend == "vllm":
+            raise HarnessError(f"{model} is a soft prompt (PEFT prompt tuning), which vLLM cannot serve: use "
+                               "--backend hf")
+        if is_encoder_decoder(base):
+            raise HarnessError(f"{model} is a soft prompt for the encoder-decoder model {base}: soft prompts are "
+                               "evaluated on decoder-only models only here")
+        name = "hf"
+    elif is_encoder_decoder(model):
         if backend == "vllm":
             raise HarnessError(f"{model} is an encoder-decoder model, which the vLLM backend does not serve here: "
                                "use --backend hf")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from harness.backends import soft_prompt
 from harness.backends.base import (
     Backend,
     Completion,
@@ -148,6 +149,7 @@ class HFBackend(Backend):
         self.batch_size = batch_size
         self.chunk_size = 4 * batch_size  # requests per cache commit: what an interruption can cost
         self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", 2048)
+        self.model, self.max_length = soft_prompt.apply(ref.adapter, self.model, self.max_length)
         self.eos_token_id = self.tokenizer.eos_token_id
         self._kept_prefix: tuple[tuple[int, ...], DynamicCache | None] = ((), None)
 

@@ -46,3 +46,17 @@ def launch(args: list[str], env_extra: dict[str, str] | None = None, **kwargs) -
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def kill_when(process: subprocess.Popen, marker: Path, seconds: float = 240) -> None:
+    """SIGKILL `process` as soon as `marker` exists (a checkpoint completely written), as `kill -9` would."""
+    import signal
+    import time
+
+    deadline = time.time() + seconds
+    while not marker.exists():
+        assert process.poll() is None and time.time() < deadline, process.stdout.read() if process.stdout else ""
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL

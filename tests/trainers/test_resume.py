@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import json
-import signal
-import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+
+from tests.trainers.conftest import kill_when
 
 MINILLM = ["batch_size=8", "micro_batch_size=4", "rollouts_per_round=16", "ppo_epochs=2", "rollout_batch_size=16",
            "max_new_tokens=16", "max_steps=8", "save_every=2", "eval_every=4", "eval_rollouts=4", "lr=1e-3",
@@ -44,14 +44,7 @@ def trapo_run():
 def test_sigkill_then_rerun_resumes_exactly(method, request, launcher, tmp_path):
     # mid-round checkpoints (4 PPO steps per round, one every 2) exercise the saved rollout buffer
     command, overrides = request.getfixturevalue(f"{method}_run")
-    killed = launcher(command + overrides(tmp_path / "killed"))
-    deadline = time.time() + 240
-    while not (tmp_path / "killed" / "step-2" / "trainer_state.json").exists():
-        assert killed.poll() is None and time.time() < deadline, killed.stdout.read() if killed.stdout else ""
-        time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    killed.communicate()
-    assert killed.returncode == -signal.SIGKILL
+    kill_when(launcher(command + overrides(tmp_path / "killed")), tmp_path / "killed" / "step-2" / "trainer_state.json")
     assert not (tmp_path / "killed" / "step-8").exists()
 
     _run(launcher, command + overrides(tmp_path / "killed"))
