@@ -45,9 +45,11 @@ def checkpoint_name(method: str, step: int) -> str:
 
 
 def evaluate_checkpoint(path: Path, method: str, step: int, evaluation: EvalConfig,
-                        selected_by: str | None = None) -> list[Path]:
-    """Evaluate one checkpoint; with `selected_by` (the validation metric that chose it), as the method's result."""
-    training = {"method": method, "step": step, **({"selected_by": selected_by} if selected_by else {})}
+                        selected_by: str | None = None, init: str | None = None) -> list[Path]:
+    """Evaluate one checkpoint; with `selected_by` (the validation metric that chose it), as the method's result.
+    `init` names the method whose checkpoint this training started from (the report draws it as a reference)."""
+    training = {"method": method, "step": step, **({"selected_by": selected_by} if selected_by else {}),
+                **({"init": init} if init else {})}
     name = f"{method}__selected" if selected_by else checkpoint_name(method, step)
     config = dataclasses.replace(evaluation, model=str(path), name=name,
                                  overwrite=True,  # the pipeline owns these names; a retrained step replaces them
@@ -56,24 +58,24 @@ def evaluate_checkpoint(path: Path, method: str, step: int, evaluation: EvalConf
 
 
 def train_and_evaluate(method: str, config: str | Path | None, overrides: Iterable[str],
-                       evaluation: EvalConfig, label: str | None = None) -> list[Path]:
+                       evaluation: EvalConfig, label: str | None = None, init: str | None = None) -> list[Path]:
     """Train `method`; evaluate each checkpoint as soon as it is complete, then the one its validation metric
     chooses (the trainer's `selection_metric`: test scores never choose) as the method's result. Returns the
-    checkpoints."""
+    checkpoints. `init` is the leaderboard name of the method the training starts from, if it has one."""
     from harness.trainers import get_trainer, train
     from harness.trainers.checkpoint import best_checkpoint, checkpoint_step
 
     def on_checkpoint(path: Path, step: int) -> None:
-        evaluate_checkpoint(path, label or method, step, evaluation)
+        evaluate_checkpoint(path, label or method, step, evaluation, init=init)
 
     checkpoints = train(method, recipe_path(method, config), list(overrides), on_checkpoint=on_checkpoint)
     for path in checkpoints:  # checkpoints finished before an interruption, evaluated now (cache makes it cheap)
         step = checkpoint_step(path)
         if not (Path(evaluation.output_dir) / checkpoint_name(label or method, step)).is_dir():
-            evaluate_checkpoint(path, label or method, step, evaluation)
+            evaluate_checkpoint(path, label or method, step, evaluation, init=init)
     metric, lower_is_better = get_trainer(method).selection_metric
     chosen = best_checkpoint(checkpoints[-1].parent, metric, lower_is_better)
-    evaluate_checkpoint(chosen, label or method, checkpoint_step(chosen), evaluation, selected_by=metric)
+    evaluate_checkpoint(chosen, label or method, checkpoint_step(chosen), evaluation, selected_by=metric, init=init)
     return checkpoints
 
 
@@ -117,7 +119,8 @@ def _distillation_stages(evaluation: EvalConfig, methods: Iterable[str]) -> dict
     student = best_checkpoint(init)
     timings["sft-init"] = time.perf_counter() - start - sum(timings.values())
     for method in methods:
-        train_and_evaluate(method, None, [*common, f"model={student}", f"output_dir={root / method}"], evaluation)
+        train_and_evaluate(method, None, [*common, f"model={student}", f"output_dir={root / method}"], evaluation,
+                           init="sft-init")
         timings[method] = time.perf_counter() - start - sum(timings.values())
     return timings
 
@@ -152,13 +155,15 @@ def _rlvr_stages(evaluation: EvalConfig) -> dict[str, float]:
                        evaluation, label="sft-init")
     policy = best_checkpoint(init)
     lap("sft-init")
-    train_and_evaluate("grpo", None, [*common, f"model={policy}", f"output_dir={root / 'grpo'}"], evaluation)
+    train_and_evaluate("grpo", None, [*common, f"model={policy}", f"output_dir={root / 'grpo'}"], evaluation,
+                       init="sft-init")
     lap("grpo")
     sft_more = root / "sft-more"
     train("sft", recipe_path("sft", None), [*common, *RLVR_SFT, f"model={policy}", f"output_dir={sft_more}"])
     train_and_evaluate("grpo", None, [*common, f"model={best_checkpoint(sft_more)}",
                                       f"output_dir={root / 'sft-then-rl'}"], evaluation, label="sft-then-rl")
     lap("sft-then-rl")
-    train_and_evaluate("trapo", None, [*common, f"model={policy}", f"output_dir={root / 'trapo'}"], evaluation)
+    train_and_evaluate("trapo", None, [*common, f"model={policy}", f"output_dir={root / 'trapo'}"], evaluation,
+                       init="sft-init")
     lap("trapo")
     return timings

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from harness.reports.plots import _first_seen, _new_figure, display_name, register_figure
+from harness.reports.plots import _first_seen, _new_figure, display_name, method_colours, method_of, register_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -25,19 +25,22 @@ def _grid(count: int, width: float = 4.5, height: float = 3.6) -> tuple[Figure, 
     return _new_figure(width * columns, height * rows), columns
 
 
-@register_figure("exacc_err_curve")
+@register_figure("exacc_err_curve", caption="Exposure bias: ExAccErr(l), the excess accumulated error of the model's "
+                 "own generations of length l against the teacher's, in percent; lower means less error from "
+                 "conditioning on its own earlier tokens.")
 def exacc_err_curve(results: list[dict[str, Any]]) -> Figure | None:
     """ExAccErr(l) against l, one subplot per task and one line per model."""
     found = [r for r in results if isinstance(r.get("details", {}).get("exacc_err"), dict)]
     if not found:
         return None
     tasks = _first_seen([r["task"] for r in found])
+    colours = method_colours(results)
     figure, columns = _grid(len(tasks))
     for index, task in enumerate(tasks):
         axes = figure.add_subplot(-(-len(tasks) // columns), columns, index + 1)
         for result in (r for r in found if r["task"] == task):
             curve = result["details"]["exacc_err"]
-            axes.plot(curve["l"], curve["value"], label=display_name(result))
+            axes.plot(curve["l"], curve["value"], label=display_name(result), color=colours[method_of(result)])
         axes.axhline(0.0, color="grey", linewidth=0.8)
         axes.set_title(f"{task}: exposure bias")
         axes.set_xlabel("generation length l")
@@ -48,18 +51,22 @@ def exacc_err_curve(results: list[dict[str, Any]]) -> Figure | None:
     return figure
 
 
-@register_figure("reliability_diagram")
+@register_figure("reliability_diagram", caption="Calibration: accuracy against mean confidence in ten "
+                 "equal-width confidence bins, one panel per model and task; bars on the diagonal are perfectly "
+                 "calibrated, and the title gives the expected calibration error (ECE).")
 def reliability_diagram(results: list[dict[str, Any]]) -> Figure | None:
     """Accuracy against mean confidence per equal-width bin, one subplot per (model, task), with ECE in the title."""
     found = [r for r in results if isinstance(r.get("details", {}).get("reliability"), dict)]
     if not found:
         return None
+    colours = method_colours(results)
     figure, columns = _grid(len(found), 3.6, 3.6)
     for index, result in enumerate(found):
         axes = figure.add_subplot(-(-len(found) // columns), columns, index + 1)
         bins = result["details"]["reliability"]["equal_width"]
         axes.bar([(b["lower"] + b["upper"]) / 2 for b in bins], [b["accuracy"] for b in bins],
-                 width=[b["upper"] - b["lower"] for b in bins], edgecolor="black", alpha=0.7, label="accuracy")
+                 width=[b["upper"] - b["lower"] for b in bins], edgecolor="black", alpha=0.7, label="accuracy",
+                 color=colours[method_of(result)])
         axes.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="black",
                   markersize=3, label="bin mean")
         axes.plot([0, 1], [0, 1], "--", color="grey", label="calibrated")
@@ -96,10 +103,13 @@ def length_bucket_gains(results: list[dict[str, Any]], baseline: str) -> dict[tu
     return gains
 
 
-def _bucket_bars(values: dict[tuple[str, str], dict[str, float]], ylabel: str, title: str) -> Figure | None:
+def _bucket_bars(values: dict[tuple[str, str], dict[str, float]], ylabel: str, title: str,
+                 results: list[dict[str, Any]]) -> Figure | None:
     """Grouped bars per task: buckets on the x axis, one bar per model."""
     if not values:
         return None
+    colours = method_colours(results)
+    method = {display_name(r): method_of(r) for r in results}
     tasks = _first_seen([task for _, task in values])
     figure, columns = _grid(len(tasks))
     for index, task in enumerate(tasks):
@@ -109,7 +119,8 @@ def _bucket_bars(values: dict[tuple[str, str], dict[str, float]], ylabel: str, t
         width = 0.8 / len(models)
         for m, model in enumerate(models):
             xs = [i + (m - (len(models) - 1) / 2) * width for i in range(len(buckets))]
-            axes.bar(xs, [values[(model, task)].get(b, float("nan")) for b in buckets], width=width, label=model)
+            axes.bar(xs, [values[(model, task)].get(b, float("nan")) for b in buckets], width=width, label=model,
+                     color=colours[method[model]])
         axes.set_xticks(range(len(buckets)), buckets)
         axes.set_xlabel("reference length (words)")
         axes.set_ylabel(ylabel)
@@ -121,16 +132,19 @@ def _bucket_bars(values: dict[tuple[str, str], dict[str, float]], ylabel: str, t
     return figure
 
 
-@register_figure("rougeL_length_buckets")
+@register_figure("rougeL_length_buckets", caption="ROUGE-L by the length of the reference answer "
+                 "(in words), one bar per model: where long answers cost a model its score.")
 def rougeL_length_buckets(results: list[dict[str, Any]]) -> Figure | None:
     values = {(display_name(r), r["task"]): length_buckets(r) for r in results}
-    return _bucket_bars({key: v for key, v in values.items() if v}, "ROUGE-L", "ROUGE-L per reference length")
+    return _bucket_bars({key: v for key, v in values.items() if v}, "ROUGE-L", "ROUGE-L per reference length",
+                        results)
 
 
 def register_length_baseline(baseline: str) -> None:
     """Add (or re-point) the `rougeL_length_gain` figure: every model's ROUGE-L per bucket minus `baseline`'s."""
 
-    @register_figure("rougeL_length_gain")
+    @register_figure("rougeL_length_gain", caption=f"ROUGE-L of every model minus {baseline}'s, by the length "
+                     "of the reference answer (in words); above zero the model beats the baseline on that length.")
     def rougeL_length_gain(results: list[dict[str, Any]]) -> Figure | None:
         return _bucket_bars(length_bucket_gains(results, baseline), f"ROUGE-L minus {baseline}",
-                            f"gain over {baseline}")
+                            f"gain over {baseline}", results)
