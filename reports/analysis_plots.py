@@ -1,7 +1,8 @@
 """Figures of MiniLLM's analyses: the ExAccErr curve, reliability diagrams and ROUGE-L per reference-length bucket.
 
 Registered through `register_figure` like every other figure; each returns None when the store holds no result of
-its analysis. The ROUGE-L difference against a baseline (the paper plots MiniLLM minus SFT) is a report-side
+its analysis. They compare models, so a trained method appears by its summary checkpoint only. The ROUGE-L
+difference against a baseline (the paper plots MiniLLM minus SFT) is a report-side
 comparison: `register_length_baseline(name)` adds the `rougeL_length_gain` figure for the baseline's leaderboard
 name, so the same stored runs can be compared against any of them.
 """
@@ -11,7 +12,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from harness.reports.plots import _first_seen, _new_figure, display_name, method_colours, method_of, register_figure
+from harness.reports.plots import (
+    _first_seen,
+    _new_figure,
+    display_name,
+    method_colours,
+    method_of,
+    register_figure,
+    summary_results,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -30,7 +39,7 @@ def _grid(count: int, width: float = 4.5, height: float = 3.6) -> tuple[Figure, 
                  "conditioning on its own earlier tokens.")
 def exacc_err_curve(results: list[dict[str, Any]]) -> Figure | None:
     """ExAccErr(l) against l, one subplot per task and one line per model."""
-    found = [r for r in results if isinstance(r.get("details", {}).get("exacc_err"), dict)]
+    found = [r for r in summary_results(results) if isinstance(r.get("details", {}).get("exacc_err"), dict)]
     if not found:
         return None
     tasks = _first_seen([r["task"] for r in found])
@@ -56,7 +65,7 @@ def exacc_err_curve(results: list[dict[str, Any]]) -> Figure | None:
                  "calibrated, and the title gives the expected calibration error (ECE).")
 def reliability_diagram(results: list[dict[str, Any]]) -> Figure | None:
     """Accuracy against mean confidence per equal-width bin, one subplot per (model, task), with ECE in the title."""
-    found = [r for r in results if isinstance(r.get("details", {}).get("reliability"), dict)]
+    found = [r for r in summary_results(results) if isinstance(r.get("details", {}).get("reliability"), dict)]
     if not found:
         return None
     colours = method_colours(results)
@@ -135,7 +144,7 @@ def _bucket_bars(values: dict[tuple[str, str], dict[str, float]], ylabel: str, t
 @register_figure("rougeL_length_buckets", caption="ROUGE-L by the length of the reference answer "
                  "(in words), one bar per model: where long answers cost a model its score.")
 def rougeL_length_buckets(results: list[dict[str, Any]]) -> Figure | None:
-    values = {(display_name(r), r["task"]): length_buckets(r) for r in results}
+    values = {(display_name(r), r["task"]): length_buckets(r) for r in summary_results(results)}
     return _bucket_bars({key: v for key, v in values.items() if v}, "ROUGE-L", "ROUGE-L per reference length",
                         results)
 
@@ -146,5 +155,7 @@ def register_length_baseline(baseline: str) -> None:
     @register_figure("rougeL_length_gain", caption=f"ROUGE-L of every model minus {baseline}'s, by the length "
                      "of the reference answer (in words); above zero the model beats the baseline on that length.")
     def rougeL_length_gain(results: list[dict[str, Any]]) -> Figure | None:
-        return _bucket_bars(length_bucket_gains(results, baseline), f"ROUGE-L minus {baseline}",
+        shown = {display_name(r) for r in summary_results(results)}  # the baseline may be any checkpoint
+        gains = {key: v for key, v in length_bucket_gains(results, baseline).items() if key[0] in shown}
+        return _bucket_bars(gains, f"ROUGE-L minus {baseline}",
                             f"gain over {baseline}", results)

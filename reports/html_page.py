@@ -35,6 +35,7 @@ body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 80rem; 
 nav a { margin-right: 1rem; }
 table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.88rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
+td { white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; white-space: nowrap; }
 thead th { background: #f2f2f2; cursor: pointer; }
 thead th[aria-sort="ascending"]::after { content: " \\25B2"; }
@@ -51,8 +52,9 @@ figure { margin: 1rem 0; } figure img { max-width: 100%; } figcaption { font-siz
 .viewer .columns { display: flex; gap: 1rem; } .viewer .column { flex: 1; min-width: 0; }
 .sample h4 { margin: 0.5rem 0 0.1rem; font-size: 0.8rem; color: #555; }
 pre { white-space: pre-wrap; word-break: break-word; background: #f7f7f7; padding: 0.4rem; margin: 0; }
-.sample table { width: 100%; } .sample td, .sample th { text-align: left; }
+.sample table { width: 100%; } .sample td, .sample th { text-align: left; white-space: normal; }
 .pool { display: none; }
+table.runs td, table.runs th { text-align: left; white-space: normal; vertical-align: top; }
 """
 
 # Sorting: numbers by their data-value, rows without one last; a checkpoint row travels with its summary row.
@@ -149,7 +151,6 @@ class Page:
         head = "".join(f"<th>{_e(cell)}" + ('<span class="lower"> (lower is better)</span>' if lower and lower[i]
                                              and "lower is better" not in cell else "") + "</th>"
                        for i, cell in enumerate(table.header))
-        best = [_best(table, column) for column in range(len(table.header))]
         rows_by_model = {row[0]: index for index, row in enumerate(table.rows)}
         order: list[tuple[int, str, str]] = []  # (row index, group id, parent group id)
         summary = [m for m in main_models(self.board) if m in rows_by_model] if grouped else list(rows_by_model)
@@ -161,6 +162,8 @@ class Page:
         if grouped:  # rows of no summary group (cannot happen for a board's own tables, kept for safety)
             placed = {index for index, _, _ in order}
             order += [(i, f"x{i}", "") for i in range(len(table.rows)) if i not in placed]
+        shown = [index for index, _, parent in order if not parent]  # the best of what shows before expanding
+        best = [_best(table, column, shown) for column in range(len(table.header))]
         body = []
         for index, group, parent in order:
             row = table.rows[index]
@@ -169,7 +172,7 @@ class Page:
             cells = [self.model_cell(row[0], children, group)]
             for column, (text, value) in enumerate(zip(row[1:], values[1:]), 1):
                 data = f' data-value="{value!r}"' if value is not None and math.isfinite(value) else ""
-                mark = ' class="best"' if value is not None and value == best[column] else ""
+                mark = ' class="best"' if not parent and value is not None and value == best[column] else ""
                 cells.append(f"<td{data}{mark}>{_e(text)}</td>")
             attributes = (f' class="checkpoint" data-parent="{parent}" hidden' if parent
                           else f' data-group="{group}"')
@@ -206,9 +209,9 @@ class Page:
                 f'<div class="pool">{"".join(pool)}</div></details>')
 
 
-def _best(table: Table, column: int) -> float | None:
+def _best(table: Table, column: int, rows: list[int]) -> float | None:
     higher = table.higher_is_better[column] if table.higher_is_better else None
-    values = [row[column] for row in table.values if row[column] is not None] if table.values else []
+    values = [table.values[r][column] for r in rows if table.values[r][column] is not None] if table.values else []
     if higher is None or len(values) < 2:
         return None
     return max(values) if higher else min(values)
@@ -312,9 +315,10 @@ def _runs_section(board: Board) -> str:
                 f"{seconds:.1f} s" if isinstance(seconds, int | float) else "",
                 ", ".join(f"{k} {v}" for k, v in versions.items()))) +
                 f"<td><details><summary>config</summary><pre>{_e(config)}</pre></details></td></tr>")
-    return (f'<section id="runs"><h2>Runs</h2><p>Every result with its weights digest, resolved settings, package '
-            f"versions, creation date and wall time.</p><table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table></section>")
+    return (f'<section id="runs"><h2>Runs</h2><details><summary>Every result ({len(rows)}) with its weights digest, '
+            "creation date, wall time, package versions and resolved settings</summary>"
+            f'<table class="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></details>'
+            "</section>")
 
 
 def render_html(board: Board, figures: list[tuple[str, Path]]) -> str:

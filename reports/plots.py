@@ -97,6 +97,12 @@ def summary_names(results: list[dict[str, Any]]) -> set[str]:
     return names | {rank[2] for rank in chosen.values()}
 
 
+def summary_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results of the summary rows only: what a figure comparing models (not checkpoints) shows."""
+    shown = summary_names(results)
+    return [r for r in results if display_name(r) in shown]
+
+
 def initialisations(results: list[dict[str, Any]]) -> set[str]:
     """Methods that other methods started from (`training.init`): reference lines, not curves, in the plots."""
     return {r["training"]["init"] for r in results if isinstance(r.get("training"), dict) and r["training"].get("init")}
@@ -178,8 +184,7 @@ def _suite_groups(results: list[dict[str, Any]]) -> dict[str, list[str]]:
                  "documents, or the spread over seeds where no standard error is stored.")
 def main_metric_bars(results: list[dict[str, Any]]) -> Figure | None:
     """Grouped bars per suite: one group per task, one bar per summary model, with error bars."""
-    shown = summary_names(results)
-    results = [r for r in results if display_name(r) in shown]
+    results = summary_results(results)
     if not results:
         return None
     colours = method_colours(results)

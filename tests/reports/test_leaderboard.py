@@ -305,3 +305,37 @@ def test_scores_print_with_enough_digits():
     assert format_score({"acc": 0.475, "acc_stderr": 0.0354}, "acc") == "0.475 ± 0.0354"  # not 0.47 ± 0.04
     assert format_score({"acc": 47.5, "acc_stderr": 3.54, "acc_ci95": [40.6, 54.4]}, "acc") == "47.50 ± 3.54"
     assert format_score({"ece": 0.0}, "ece") == "0.00" and format_score({}, "ece") == "n/a"
+
+
+def test_figures_colour_by_method_with_error_bars_and_reference_lines() -> None:
+    def result(model: str, task: str, value: float, training: dict | None = None) -> dict:
+        record = {"model": model, "task": task, "suites": ["instruct"], "main_metric": "rougeL",
+                  "metrics": {"rougeL": value, "rougeL_stderr": 0.5}}
+        return {**record, "training": training} if training else record
+
+    results = [result("teacher", "dolly", 40.0),
+               result("student", "dolly", 20.0, {"method": "sft-init", "step": 600, "selected_by": "valid_loss"}),
+               result("student", "dolly", 18.0, {"method": "sft-init", "step": 300}),
+               *(result("student", "dolly", 20.0 + step / 100, {"method": "minillm", "step": step, "init": "sft-init"})
+                 for step in (100, 200))]
+    colours = plots.method_colours(results)
+    bars = plots.main_metric_bars(results).axes[0]
+    # The summary only: teacher, the chosen sft-init checkpoint, minillm's last one, each in its method's colour.
+    assert [patch.get_height() for patch in bars.patches] == [40.0, 20.0, 22.0]
+    assert [matplotlib_hex(patch.get_facecolor()) for patch in bars.patches] == [
+        colours["teacher"], colours["sft-init"], colours["minillm"]]
+    whiskers = [line for collection in bars.collections for line in collection.get_segments()]
+    assert [round(segment[1][1] - segment[0][1], 6) for segment in whiskers] == [1.0, 1.0, 1.0]  # ± one stderr
+    curves = plots.training_curves(results).axes[0]
+    lines = {line.get_label(): line for line in curves.lines}
+    assert list(lines["minillm"].get_xdata()) == [100, 200]  # the initialisation is a reference, not a curve
+    assert list(lines["sft-init (initialisation)"].get_ydata()) == [20.0, 20.0]
+    assert lines["sft-init (initialisation)"].get_linestyle() == ":"
+    assert list(lines["teacher"].get_ydata()) == [40.0, 40.0] and lines["teacher"].get_linestyle() == "--"
+    assert matplotlib_hex(lines["minillm"].get_color()) == colours["minillm"]
+
+
+def matplotlib_hex(colour) -> str:
+    from matplotlib.colors import to_hex
+
+    return to_hex(colour)
