@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.metrics.stats import format_value
 from harness.reports.leaderboard import Board, Table, _intro, main_models, scores_table, suite_parts_tables, task_table
 from harness.reports.plots import CAPTIONS, method_colours
 
@@ -45,6 +46,7 @@ tr.checkpoint td { color: #555; background: #fbfbfb; }
 tr.checkpoint td:first-child { padding-left: 1.6rem; }
 .swatch { display: inline-block; width: 0.8rem; height: 0.8rem; margin-right: 0.4rem; vertical-align: -0.1rem; }
 .lower { font-weight: normal; color: #a33; }
+.ci { display: block; font-size: 0.72rem; color: #666; font-weight: normal; }
 button.expand { font-size: 0.75rem; margin-left: 0.4rem; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; } figcaption { font-size: 0.85rem; color: #444; }
 .viewer { border: 1px solid #ddd; padding: 0.4rem 0.6rem; margin: 0.8rem 0; }
@@ -168,12 +170,14 @@ class Page:
         for index, group, parent in order:
             row = table.rows[index]
             values = table.values[index] if table.values else [None] * len(row)
+            intervals = table.intervals[index] if table.intervals else [None] * len(row)
             children = sum(1 for _, _, p in order if p == group and group)
             cells = [self.model_cell(row[0], children, group)]
-            for column, (text, value) in enumerate(zip(row[1:], values[1:]), 1):
+            for column, (text, value, ci) in enumerate(zip(row[1:], values[1:], intervals[1:]), 1):
                 data = f' data-value="{value!r}"' if value is not None and math.isfinite(value) else ""
                 mark = ' class="best"' if not parent and value is not None and value == best[column] else ""
-                cells.append(f"<td{data}{mark}>{_e(text)}</td>")
+                shown = f'<span class="ci">95% CI [{format_value(ci[0])}, {format_value(ci[1])}]</span>' if ci else ""
+                cells.append(f"<td{data}{mark}>{_e(text)}{shown}</td>")
             attributes = (f' class="checkpoint" data-parent="{parent}" hidden' if parent
                           else f' data-group="{group}"')
             body.append(f"<tr{attributes}>{''.join(cells)}</tr>")

@@ -58,13 +58,14 @@ class Entry:
 
 @dataclass(frozen=True)
 class Table:
-    """Cells as text; for the HTML writer also each cell's number (to sort and to find the best) and, per column,
-    whether higher (True) or lower (False) is better, None for columns that are no score."""
+    """Cells as text; for the HTML writer also each cell's number (to sort and to find the best), its stored 95%
+    interval, and per column whether higher (True) or lower (False) is better, None for columns that are no score."""
 
     header: list[str]
     rows: list[list[str]]
     values: list[list[float | None]] = field(default_factory=list)
     higher_is_better: list[bool | None] = field(default_factory=list)
+    intervals: list[list[tuple[float, float] | None]] = field(default_factory=list)
 
 
 def _is_number(value: Any) -> bool:
@@ -149,6 +150,14 @@ def _with_std(metrics: dict[str, Any], name: str) -> str:
 def _number(metrics: dict[str, Any], name: str) -> float | None:
     value = metrics.get(name)
     return float(value) if _is_number(value) else None
+
+
+def interval(metrics: dict[str, Any], name: str) -> tuple[float, float] | None:
+    """The stored `<name>_ci95`, when it is a pair of numbers."""
+    found = metrics.get(f"{name}_ci95")
+    if isinstance(found, list) and len(found) == 2 and all(_is_number(v) for v in found):
+        return float(found[0]), float(found[1])
+    return None
 
 
 @dataclass(frozen=True)
@@ -285,16 +294,18 @@ def task_table(board: Board, task: str) -> Table:
     shown = sorted(n for n in numeric if not any(n.endswith(s) and n[: -len(s)] in numeric for s in folded))
     main = entries[0].result["main_metric"]
     shown = [main, *(n for n in shown if n != main)]
-    rows, values = [], []
+    rows, values, intervals = [], [], []
     for entry in entries:
         metrics = entry.result["metrics"]
         docs = entry.result.get("num_docs", "")
         rows.append([entry.name, str(docs), *(_with_std(metrics, n) if _is_number(metrics.get(n)) else ""
                                               for n in shown)])
         values.append([None, float(docs) if _is_number(docs) else None, *(_number(metrics, n) for n in shown)])
+        intervals.append([None, None, *(interval(metrics, n) for n in shown)])
     higher = entries[0].higher_is_better
     # Only the main metric's direction is stored; the other columns are not ranked.
-    return Table(["Model", "docs", *shown], rows, values, [None, None, higher, *([None] * (len(shown) - 1))])
+    return Table(["Model", "docs", *shown], rows, values, [None, None, higher, *([None] * (len(shown) - 1))],
+                 intervals)
 
 
 def _md_cell(text: str) -> str:

@@ -132,6 +132,7 @@ def test_html_is_escaped_self_contained_and_embeds_the_chart(store: Path) -> Non
     assert "A reference poem." in page and "Another." in page and "second try" in page
     assert "FOURTH-SAMPLE" in page and page.count('data-model="teacher" data-doc=') == 4
     assert "25.13 ± 0.45 (sd 0.31)" in page and "23.25" in page
+    assert '25.13 ± 0.45 (sd 0.31)<span class="ci">95% CI [24.25, 26.01]</span>' in page  # the stored interval
     # The caption is a sentence, not the registry key.
     assert "<figcaption>Main metric of every task, one panel per suite" in page
 
