@@ -147,7 +147,7 @@ class Page:
                   f'title="other checkpoints of this method">+{children} checkpoints</button>' if children else "")
         return f"<td>{swatch}{_e(model)}{button}</td>"
 
-    def table(self, table: Table, grouped: bool = True) -> str:
+    def table(self, table: Table) -> str:
         """A sortable table whose first column is the model; best values of ranked columns highlighted."""
         lower = [h is False for h in table.higher_is_better] if table.higher_is_better else []
         head = "".join(f"<th>{_e(cell)}" + ('<span class="lower"> (lower is better)</span>' if lower and lower[i]
@@ -155,15 +155,13 @@ class Page:
                        for i, cell in enumerate(table.header))
         rows_by_model = {row[0]: index for index, row in enumerate(table.rows)}
         order: list[tuple[int, str, str]] = []  # (row index, group id, parent group id)
-        summary = [m for m in main_models(self.board) if m in rows_by_model] if grouped else list(rows_by_model)
-        for number, model in enumerate(summary):
+        for number, model in enumerate(m for m in main_models(self.board) if m in rows_by_model):
             group = f"g{number}"
             order.append((rows_by_model[model], group, ""))
-            members = self.groups.get(model, []) if grouped else []
-            order += [(rows_by_model[m], "", group) for m in members if m in rows_by_model]
-        if grouped:  # rows of no summary group (cannot happen for a board's own tables, kept for safety)
-            placed = {index for index, _, _ in order}
-            order += [(i, f"x{i}", "") for i in range(len(table.rows)) if i not in placed]
+            order += [(rows_by_model[m], "", group) for m in self.groups[model] if m in rows_by_model]
+        # A checkpoint whose summary row has no result here (another task's table) stands on its own.
+        placed = {index for index, _, _ in order}
+        order += [(i, f"x{i}", "") for i in range(len(table.rows)) if i not in placed]
         shown = [index for index, _, parent in order if not parent]  # the best of what shows before expanding
         best = [_best(table, column, shown) for column in range(len(table.header))]
         body = []

@@ -326,8 +326,8 @@ def _intro(board: Board) -> str:
             "A suite average is shown only when the model has every task of the suite; "
             "* marks a score over part of its board. Scores are in percent; "
             "± is one standard error over documents (95% intervals in results.json), sd the population standard "
-            "deviation of the per-seed means. A trained method's row is the checkpoint its validation metric chose; "
-            "the task tables and the training curves show every checkpoint.")
+            "deviation of the per-seed means. A trained method's row is the checkpoint its validation metric chose "
+            "(else its last one); the task tables and the training curves show every checkpoint.")
 
 
 def suite_parts_tables(board: Board) -> list[tuple[str, Table]]:
