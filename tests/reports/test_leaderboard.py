@@ -212,9 +212,9 @@ def test_repeated_model_and_task_keeps_the_newest(tmp_path: Path, capsys: pytest
     assert str(tmp_path / "old") in capsys.readouterr().err
 
 
-def test_markdown_is_a_pure_function_of_the_store(store: Path, tmp_path: Path) -> None:
-    first = write_leaderboard(store, tmp_path / "a")[0].read_text()
-    second = write_leaderboard(store, tmp_path / "b")[0].read_text()
+def test_markdown_and_html_are_a_pure_function_of_the_store(store: Path, tmp_path: Path) -> None:
+    first = [path.read_bytes() for path in write_leaderboard(store, tmp_path / "a")]
+    second = [path.read_bytes() for path in write_leaderboard(store, tmp_path / "b")]
     assert first == second
 
 
