@@ -37,6 +37,7 @@ nav a { margin-right: 1rem; }
 table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.88rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
 td { white-space: nowrap; }
+.wide { overflow-x: auto; }  /* a task with many metrics scrolls inside its table, not the page */
 th:first-child, td:first-child { text-align: left; white-space: nowrap; }
 thead th { background: #f2f2f2; cursor: pointer; }
 thead th[aria-sort="ascending"]::after { content: " \\25B2"; }
@@ -179,7 +180,8 @@ class Page:
             attributes = (f' class="checkpoint" data-parent="{parent}" hidden' if parent
                           else f' data-group="{group}"')
             body.append(f"<tr{attributes}>{''.join(cells)}</tr>")
-        return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+        return (f'<div class="wide"><table class="sortable"><thead><tr>{head}</tr></thead>'
+                f'<tbody>{"".join(body)}</tbody></table></div>')
 
     def viewer(self, task: str) -> str:
         """The first documents of `task` for every model: choose a document and two models to compare."""

@@ -254,6 +254,7 @@ def training_curves(results: list[dict[str, Any]]) -> Figure | None:
             axes.axhline(_main_value(reference), color=colours[method_of(reference)], linewidth=1.2,
                          linestyle=":" if initial else "--",
                          label=f"{method_of(reference)} (initialisation)" if initial else display_name(reference))
+        axes.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
         axes.set_title(task)
         axes.set_xlabel("step")
         axes.set_ylabel(of_task[0]["main_metric"])
