@@ -14,6 +14,7 @@ else its last one); its other checkpoints stay in the task tables and the traini
 
 from __future__ import annotations
 
+import fnmatch
 import html
 import json
 import math
@@ -137,9 +138,13 @@ def _fmt(value: float) -> str:
     return format_value(value)
 
 
+COUNT_NAMES = ("num_*", "*_total", "*_distinct")  # metric-name patterns of counts (Dist-4's n-gram counts)
+
+
 def is_count(name: str, value: Any) -> bool:
-    """Counts (`num_*`, integers in the JSON) print as integers, not as 127.00."""
-    return isinstance(value, int) or (name.startswith("num_") and float(value).is_integer())
+    """Counts (integers in the JSON, or integral values named like one) print as integers, not as 127.00."""
+    named = any(fnmatch.fnmatchcase(name, pattern) for pattern in COUNT_NAMES)
+    return isinstance(value, int) or (named and float(value).is_integer())
 
 
 def _with_std(metrics: dict[str, Any], name: str) -> str:

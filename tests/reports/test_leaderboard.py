@@ -138,15 +138,18 @@ def test_html_is_escaped_self_contained_and_embeds_the_chart(store: Path) -> Non
 
 
 def test_best_values_are_marked_and_counts_print_as_integers(tmp_path: Path) -> None:
-    write_result(tmp_path, "a", "calibration_sst2", {"ece": 0.30, "num_len_0_5": 127.0}, suites=("calibration",))
-    write_result(tmp_path, "b", "calibration_sst2", {"ece": 0.05, "num_len_0_5": 12.0}, suites=("calibration",))
+    write_result(tmp_path, "a", "calibration_sst2", {"ece": 0.30, "num_len_0_5": 127.0, "dist4_total": 9.0},
+                 suites=("calibration",))
+    write_result(tmp_path, "b", "calibration_sst2", {"ece": 0.05, "num_len_0_5": 12.0, "dist4_total": 8.0},
+                 suites=("calibration",))
     for folder in ("a", "b"):
         path = tmp_path / folder / "calibration_sst2" / "results.json"
         path.write_text(path.read_text().replace('"main_metric": "rougeL"',
                                                  '"main_metric": "ece", "higher_is_better": false'))
     markdown_path, html_path, _ = write_leaderboard(tmp_path)
     header, *rows = table_after(markdown_path.read_text(), "## calibration_sst2")
-    assert header == ["Model", "docs", "ece", "num_len_0_5"] and rows[0] == ["b", "500", "0.05", "12"]
+    assert header == ["Model", "docs", "ece", "dist4_total", "num_len_0_5"]
+    assert rows[0] == ["b", "500", "0.05", "8", "12"]
     page = html_path.read_text()
     assert '<td data-value="0.05" class="best">0.05</td>' in page  # lower is better: 0.05 is the best ECE
     assert '<td data-value="127.0">127</td>' in page  # counts are never ranked
