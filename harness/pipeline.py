@@ -52,9 +52,11 @@ def checkpoint_name(method: str, step: int) -> str:
 
 
 def evaluate_checkpoint(path: Path, method: str, step: int, evaluation: EvalConfig,
-                        selected_by: str | None = None) -> list[Path]:
-    """Evaluate one checkpoint; with `selected_by` (the validation metric that chose it), as the method's result."""
-    training = {"method": method, "step": step, **({"selected_by": selected_by} if selected_by else {})}
+                        selected_by: str | None = None, init: str | None = None) -> list[Path]:
+    """Evaluate one checkpoint; with `selected_by` (the validation metric that chose it), as the method's result.
+    `init` names the method whose checkpoint this training started from (the report draws it as a reference)."""
+    training = {"method": method, "step": step, **({"selected_by": selected_by} if selected_by else {}),
+                **({"init": init} if init else {})}
     name = f"{method}__selected" if selected_by else checkpoint_name(method, step)
     config = dataclasses.replace(evaluation, model=str(path), name=name,
                                  overwrite=True,  # the pipeline owns these names; a retrained step replaces them
@@ -63,24 +65,24 @@ def evaluate_checkpoint(path: Path, method: str, step: int, evaluation: EvalConf
 
 
 def train_and_evaluate(method: str, config: str | Path | None, overrides: Iterable[str],
-                       evaluation: EvalConfig, label: str | None = None) -> list[Path]:
+                       evaluation: EvalConfig, label: str | None = None, init: str | None = None) -> list[Path]:
     """Train `method`; evaluate each checkpoint as soon as it is complete, then the one its validation metric
     chooses (the trainer's `selection_metric`: test scores never choose) as the method's result. Returns the
-    checkpoints."""
+    checkpoints. `init` is the leaderboard name of the method the training starts from, if it has one."""
     from harness.trainers import get_trainer, train
     from harness.trainers.checkpoint import best_checkpoint, checkpoint_step
 
     def on_checkpoint(path: Path, step: int) -> None:
-        evaluate_checkpoint(path, label or method, step, evaluation)
+        evaluate_checkpoint(path, label or method, step, evaluation, init=init)
 
     checkpoints = train(method, recipe_path(method, config), list(overrides), on_checkpoint=on_checkpoint)
     for path in checkpoints:  # checkpoints finished before an interruption, evaluated now (cache makes it cheap)
         step = checkpoint_step(path)
         if not (Path(evaluation.output_dir) / checkpoint_name(label or method, step)).is_dir():
-            evaluate_checkpoint(path, label or method, step, evaluation)
+            evaluate_checkpoint(path, label or method, step, evaluation, init=init)
     metric, lower_is_better = get_trainer(method).selection_metric
     chosen = best_checkpoint(checkpoints[-1].parent, metric, lower_is_better)
-    evaluate_checkpoint(chosen, label or method, checkpoint_step(chosen), evaluation, selected_by=metric)
+    evaluate_checkpoint(chosen, label or method, checkpoint_step(chosen), evaluation, selected_by=metric, init=init)
     return checkpoints
 
 
@@ -135,7 +137,8 @@ def _distillation_stages(evaluation: EvalConfig, methods: Iterable[str]) -> dict
     student = best_checkpoint(init)
     timings.lap("sft-init")
     for method in methods:
-        train_and_evaluate(method, None, [*common, f"model={student}", f"output_dir={root / method}"], evaluation)
+        train_and_evaluate(method, None, [*common, f"model={student}", f"output_dir={root / method}"], evaluation,
+                           init="sft-init")
         timings.lap(method)
     return timings
 
@@ -156,14 +159,16 @@ def _rlvr_stages(evaluation: EvalConfig) -> dict[str, float]:
 
     timings = Laps()
     policy, common, root = _rlvr_initial_policy(evaluation, timings)
-    train_and_evaluate("grpo", None, [*common, f"model={policy}", f"output_dir={root / 'grpo'}"], evaluation)
+    train_and_evaluate("grpo", None, [*common, f"model={policy}", f"output_dir={root / 'grpo'}"], evaluation,
+                       init="sft-init")
     timings.lap("grpo")
     sft_more = root / "sft-more"
     train("sft", recipe_path("sft", None), [*common, *RLVR_SFT, f"model={policy}", f"output_dir={sft_more}"])
     train_and_evaluate("grpo", None, [*common, f"model={best_checkpoint(sft_more)}",
                                       f"output_dir={root / 'sft-then-rl'}"], evaluation, label="sft-then-rl")
     timings.lap("sft-then-rl")
-    train_and_evaluate("trapo", None, [*common, f"model={policy}", f"output_dir={root / 'trapo'}"], evaluation)
+    train_and_evaluate("trapo", None, [*common, f"model={policy}", f"output_dir={root / 'trapo'}"], evaluation,
+                       init="sft-init")
     timings.lap("trapo")
     return timings
 
@@ -203,9 +208,11 @@ def _cropi_stages(evaluation: EvalConfig) -> dict[str, float]:
     recipe = load(config_class("cropi"), recipe_path("cropi", None))
     pool = ("max_train_samples", "max_steps", "eval_every", "save_every")
     same = [f"{name}={getattr(recipe, name)}" for name in pool]
-    train_and_evaluate("grpo", None, [*common, *same, f"model={policy}", f"output_dir={root / 'grpo'}"], evaluation)
+    train_and_evaluate("grpo", None, [*common, *same, f"model={policy}", f"output_dir={root / 'grpo'}"], evaluation,
+                       init="sft-init")
     timings.lap("grpo")
-    train_and_evaluate("cropi", None, [*common, f"model={policy}", f"output_dir={root / 'cropi'}"], evaluation)
+    train_and_evaluate("cropi", None, [*common, f"model={policy}", f"output_dir={root / 'cropi'}"], evaluation,
+                       init="sft-init")
     timings.lap("cropi")
     return timings
 
@@ -249,6 +256,7 @@ def _curve(output_dir: Path, method: str, task: str) -> dict[int, tuple[float, f
         metrics, main = result["metrics"], result["main_metric"]
         curve[result["training"]["step"]] = (metrics[main], metrics.get(f"{main}_stderr", 0.0))
     return curve
+
 
 # The tiny PPT recipe (configs/ppt.yaml otherwise). A 20-token prompt instead of the paper's 100 keeps the frozen
 # model's passes short on a CPU; FT gets a rate for a 0.5M-parameter model (the spec's 5e-6 is for billions).

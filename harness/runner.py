@@ -14,6 +14,7 @@ import hashlib
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -391,7 +392,8 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def write_result(folder: Path, task: Task, result: TaskResult, backend, name: str, config: EvalConfig) -> Path:
+def write_result(folder: Path, task: Task, result: TaskResult, backend, name: str, config: EvalConfig,
+                 wall_seconds: float) -> Path:
     from harness.registry import suites
 
     record = {
@@ -408,6 +410,7 @@ def write_result(folder: Path, task: Task, result: TaskResult, backend, name: st
         "config": to_dict(config),
         "versions": package_versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "wall_seconds": round(wall_seconds, 3),  # this task's scoring, cached answers included
         "details": result.details,
         **task.record,
     }
@@ -452,11 +455,13 @@ def evaluate(config: EvalConfig) -> list[Path]:
                 held.callback(store.FolderLock(folder).close)
                 store.check_owner(folder, backend.identity, config.overwrite)
             for item, folder in zip(planned, folders):
+                started = time.perf_counter()
                 if item.task.evaluate is not None:
                     result = item.task.evaluate(EvalContext(backend, item.docs, config, teacher, cache))
                 else:
                     result = score_task(item, backend, cache, config)
-                written.append(write_result(folder, item.task, result, backend, name, config))
+                written.append(write_result(folder, item.task, result, backend, name, config,
+                                            time.perf_counter() - started))
     finally:
         cache.close()
         backend.close()

@@ -1,7 +1,8 @@
 """Figures of MiniLLM's analyses: the ExAccErr curve, reliability diagrams and ROUGE-L per reference-length bucket.
 
 Registered through `register_figure` like every other figure; each returns None when the store holds no result of
-its analysis. The ROUGE-L difference against a baseline (the paper plots MiniLLM minus SFT) is a report-side
+its analysis. They compare models, so a trained method appears by its summary checkpoint only. The ROUGE-L
+difference against a baseline (the paper plots MiniLLM minus SFT) is a report-side
 comparison: `register_length_baseline(name)` adds the `rougeL_length_gain` figure for the baseline's leaderboard
 name, so the same stored runs can be compared against any of them.
 """
@@ -11,7 +12,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from harness.reports.plots import _first_seen, _new_figure, display_name, register_figure
+from harness.reports.plots import (
+    _first_seen,
+    _new_figure,
+    display_name,
+    method_colours,
+    method_of,
+    register_figure,
+    summary_results,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -25,19 +34,22 @@ def _grid(count: int, width: float = 4.5, height: float = 3.6) -> tuple[Figure, 
     return _new_figure(width * columns, height * rows), columns
 
 
-@register_figure("exacc_err_curve")
+@register_figure("exacc_err_curve", caption="Exposure bias: ExAccErr(l), the excess accumulated error of the model's "
+                 "own generations of length l against the teacher's, in percent; lower means less error from "
+                 "conditioning on its own earlier tokens.")
 def exacc_err_curve(results: list[dict[str, Any]]) -> Figure | None:
     """ExAccErr(l) against l, one subplot per task and one line per model."""
-    found = [r for r in results if isinstance(r.get("details", {}).get("exacc_err"), dict)]
+    found = [r for r in summary_results(results) if isinstance(r.get("details", {}).get("exacc_err"), dict)]
     if not found:
         return None
     tasks = _first_seen([r["task"] for r in found])
+    colours = method_colours(results)
     figure, columns = _grid(len(tasks))
     for index, task in enumerate(tasks):
         axes = figure.add_subplot(-(-len(tasks) // columns), columns, index + 1)
         for result in (r for r in found if r["task"] == task):
             curve = result["details"]["exacc_err"]
-            axes.plot(curve["l"], curve["value"], label=display_name(result))
+            axes.plot(curve["l"], curve["value"], label=display_name(result), color=colours[method_of(result)])
         axes.axhline(0.0, color="grey", linewidth=0.8)
         axes.set_title(f"{task}: exposure bias")
         axes.set_xlabel("generation length l")
@@ -48,13 +60,17 @@ def exacc_err_curve(results: list[dict[str, Any]]) -> Figure | None:
     return figure
 
 
-@register_figure("reliability_diagram")
+@register_figure("reliability_diagram", caption="Calibration: accuracy against mean confidence in the ten "
+                 "equal-mass confidence bins of the reported ECE, one panel per model and task; bars on the diagonal "
+                 "are perfectly calibrated, and the title gives the expected calibration error (ECE).")
 def reliability_diagram(results: list[dict[str, Any]]) -> Figure | None:
     """Accuracy against mean confidence per bin of the reported ECE's binning, one subplot per (model, task), with
     that ECE in the title."""
-    found = [r for r in results if "bins" in (r.get("details", {}).get("reliability") or {})]  # older: not drawn
+    found = [r for r in summary_results(results)  # results written before the binning was recorded are not drawn
+             if "bins" in (r.get("details", {}).get("reliability") or {})]
     if not found:
         return None
+    colours = method_colours(results)
     figure, columns = _grid(len(found), 3.6, 3.6)
     for index, result in enumerate(found):
         axes = figure.add_subplot(-(-len(found) // columns), columns, index + 1)
@@ -62,7 +78,7 @@ def reliability_diagram(results: list[dict[str, Any]]) -> Figure | None:
         bins = reliability["bins"]
         axes.bar([(b["lower"] + b["upper"]) / 2 for b in bins], [b["accuracy"] for b in bins],
                  width=[max(b["upper"] - b["lower"], 0.01) for b in bins], edgecolor="black", alpha=0.7,
-                 label="accuracy")
+                 label="accuracy", color=colours[method_of(result)])
         axes.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="black",
                   markersize=3, label="bin mean")
         axes.plot([0, 1], [0, 1], "--", color="grey", label="calibrated")
@@ -100,10 +116,13 @@ def length_bucket_gains(results: list[dict[str, Any]], baseline: str) -> dict[tu
     return gains
 
 
-def _bucket_bars(values: dict[tuple[str, str], dict[str, float]], ylabel: str, title: str) -> Figure | None:
+def _bucket_bars(values: dict[tuple[str, str], dict[str, float]], ylabel: str, title: str,
+                 results: list[dict[str, Any]]) -> Figure | None:
     """Grouped bars per task: buckets on the x axis, one bar per model."""
     if not values:
         return None
+    colours = method_colours(results)
+    method = {display_name(r): method_of(r) for r in results}
     tasks = _first_seen([task for _, task in values])
     figure, columns = _grid(len(tasks))
     for index, task in enumerate(tasks):
@@ -113,7 +132,8 @@ def _bucket_bars(values: dict[tuple[str, str], dict[str, float]], ylabel: str, t
         width = 0.8 / len(models)
         for m, model in enumerate(models):
             xs = [i + (m - (len(models) - 1) / 2) * width for i in range(len(buckets))]
-            axes.bar(xs, [values[(model, task)].get(b, float("nan")) for b in buckets], width=width, label=model)
+            axes.bar(xs, [values[(model, task)].get(b, float("nan")) for b in buckets], width=width, label=model,
+                     color=colours[method[model]])
         axes.set_xticks(range(len(buckets)), buckets)
         axes.set_xlabel("reference length (words)")
         axes.set_ylabel(ylabel)
@@ -125,16 +145,21 @@ def _bucket_bars(values: dict[tuple[str, str], dict[str, float]], ylabel: str, t
     return figure
 
 
-@register_figure("rougeL_length_buckets")
+@register_figure("rougeL_length_buckets", caption="ROUGE-L by the length of the reference answer "
+                 "(in words), one bar per model: where long answers cost a model its score.")
 def rougeL_length_buckets(results: list[dict[str, Any]]) -> Figure | None:
-    values = {(display_name(r), r["task"]): length_buckets(r) for r in results}
-    return _bucket_bars({key: v for key, v in values.items() if v}, "ROUGE-L", "ROUGE-L per reference length")
+    values = {(display_name(r), r["task"]): length_buckets(r) for r in summary_results(results)}
+    return _bucket_bars({key: v for key, v in values.items() if v}, "ROUGE-L", "ROUGE-L per reference length",
+                        results)
 
 
 def register_length_baseline(baseline: str) -> None:
     """Add (or re-point) the `rougeL_length_gain` figure: every model's ROUGE-L per bucket minus `baseline`'s."""
 
-    @register_figure("rougeL_length_gain")
+    @register_figure("rougeL_length_gain", caption=f"ROUGE-L of every model minus {baseline}'s, by the length "
+                     "of the reference answer (in words); above zero the model beats the baseline on that length.")
     def rougeL_length_gain(results: list[dict[str, Any]]) -> Figure | None:
-        return _bucket_bars(length_bucket_gains(results, baseline), f"ROUGE-L minus {baseline}",
-                            f"gain over {baseline}")
+        shown = {display_name(r) for r in summary_results(results)}  # the baseline may be any checkpoint
+        gains = {key: v for key, v in length_bucket_gains(results, baseline).items() if key[0] in shown}
+        return _bucket_bars(gains, f"ROUGE-L minus {baseline}",
+                            f"gain over {baseline}", results)

@@ -7,31 +7,30 @@ aggregate (`harness.registry.Suite`): a plain mean of main metrics appears only 
 that any stored result lists under that suite, so averages over different task sets never share a column; the
 CUGE index is baseline-normalised and may be partial (marked "*"), with a section of per-capability scores.
 Rows are sorted by the first suite average (the first task column when no suite is
-stored), highest first. Figures come from the registry in plots.py and are embedded in the HTML as base64
-PNGs.
+stored), highest first. A trained method shows one row in the summary (the checkpoint its validation metric chose,
+else its last one); its other checkpoints stay in the task tables and the training curves. The HTML page
+(`html_page.py`) lays the same tables out per suite with the figures and a sample viewer.
 """
 
 from __future__ import annotations
 
-import base64
+import fnmatch
 import html
 import json
 import math
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
 from harness.metrics.stats import format_score, format_value
 from harness.registry import SuiteScore, get_suite, mean_of_tasks
-from harness.reports.plots import display_name, render_figures
+from harness.reports.plots import display_name, render_figures, summary_names
 from harness.store import atomic_write
 
 SCHEMA_VERSION = 1
-EXAMPLES_PER_MODEL = 3
-EXAMPLE_CHARS = 2000  # few-shot prompts run to pages; the example is there to be glanced at
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,14 @@ class Entry:
 
 @dataclass(frozen=True)
 class Table:
+    """Cells as text; for the HTML writer also each cell's number (to sort and to find the best), its stored 95%
+    interval, and per column whether higher (True) or lower (False) is better, None for columns that are no score."""
+
     header: list[str]
     rows: list[list[str]]
+    values: list[list[float | None]] = field(default_factory=list)
+    higher_is_better: list[bool | None] = field(default_factory=list)
+    intervals: list[list[tuple[float, float] | None]] = field(default_factory=list)
 
 
 def _is_number(value: Any) -> bool:
@@ -92,9 +97,10 @@ def _schema_problem(data: Any) -> str | None:
     if training is not None and not (
         isinstance(training, dict) and isinstance(training.get("method"), str)
         and isinstance(training.get("step"), int) and not isinstance(training.get("step"), bool)
-        and isinstance(training.get("selected_by", ""), str)
+        and isinstance(training.get("selected_by", ""), str) and isinstance(training.get("init", ""), str)
     ):
-        return "'training' needs a string 'method', an integer 'step' and, when chosen, a string 'selected_by'"
+        return ("'training' needs a string 'method', an integer 'step' and, when given, strings 'selected_by' "
+                "and 'init'")
     return None
 
 
@@ -132,8 +138,31 @@ def _fmt(value: float) -> str:
     return format_value(value)
 
 
+COUNT_NAMES = ("num_*", "*_total", "*_distinct")  # metric-name patterns of counts (Dist-4's n-gram counts)
+
+
+def is_count(name: str, value: Any) -> bool:
+    """Counts (integers in the JSON, or integral values named like one) print as integers, not as 127.00."""
+    named = any(fnmatch.fnmatchcase(name, pattern) for pattern in COUNT_NAMES)
+    return isinstance(value, int) or (named and float(value).is_integer())
+
+
 def _with_std(metrics: dict[str, Any], name: str) -> str:
-    return format_score(metrics, name)
+    value = metrics.get(name)
+    return str(int(value)) if _is_number(value) and is_count(name, value) else format_score(metrics, name)
+
+
+def _number(metrics: dict[str, Any], name: str) -> float | None:
+    value = metrics.get(name)
+    return float(value) if _is_number(value) else None
+
+
+def interval(metrics: dict[str, Any], name: str) -> tuple[float, float] | None:
+    """The stored `<name>_ci95`, when it is a pair of numbers."""
+    found = metrics.get(f"{name}_ci95")
+    if isinstance(found, list) and len(found) == 2 and all(_is_number(v) for v in found):
+        return float(found[0]), float(found[1])
+    return None
 
 
 @dataclass(frozen=True)
@@ -154,6 +183,21 @@ class Board:
     def suite_average(self, model: str, suite: str) -> float | None:
         score = self.suite_score(model, suite)
         return None if score is None else score.value
+
+    def training(self, model: str) -> dict[str, Any] | None:
+        training = next(e for (m, _), e in self.cells.items() if m == model).result.get("training")
+        return training if isinstance(training, dict) else None
+
+    def method(self, model: str) -> str:
+        """The training method of a checkpoint row, else the model's own name."""
+        training = self.training(model)
+        return training["method"] if training else model
+
+    def groups(self) -> dict[str, list[str]]:
+        """Summary row -> the method's other checkpoints (latest step first), in row order."""
+        summary = main_models(self)
+        others = sorted((m for m in self.models if m not in summary), key=lambda m: -(self.training(m) or {})["step"])
+        return {model: [m for m in others if self.method(m) == self.method(model)] for model in summary}
 
 
 def build_board(entries: list[Entry]) -> Board:
@@ -213,26 +257,38 @@ def _suite_cell(score: SuiteScore | None) -> str:
 
 
 def main_models(board: Board) -> list[str]:
-    """The rows of the main table: a trained method whose checkpoint was chosen by validation shows that one
-    alone; its other checkpoints stay in the task tables and the training curves."""
-    training = {model: entry.result.get("training") for (model, _), entry in board.cells.items()}
-    chosen = {t["method"] for t in training.values() if isinstance(t, dict) and t.get("selected_by")}
-    return [model for model in board.models if not (isinstance(training[model], dict)
-            and not training[model].get("selected_by") and training[model]["method"] in chosen)]
+    """The rows of the summary: untrained models, and per trained method the checkpoint its validation metric chose
+    (else its last one); its other checkpoints stay in the task tables and the training curves."""
+    shown = summary_names([entry.result for entry in board.cells.values()])
+    return [model for model in board.models if model in shown]
+
+
+def _task_header(board: Board, task: str) -> str:
+    return f"{task} ({_main_name(board, task)}{'' if _higher_is_better(board, [task]) else ', lower is better'})"
+
+
+def _main_cells(board: Board, model: str, tasks: list[str]) -> tuple[list[str], list[float | None]]:
+    entries = [board.cells.get((model, task)) for task in tasks]
+    return ([_with_std(e.result["metrics"], e.result["main_metric"]) if e else "" for e in entries],
+            [e.main if e else None for e in entries])
+
+
+def scores_table(board: Board, models: list[str], suites: list[str], tasks: list[str]) -> Table:
+    """Model, the suites' scores, then the tasks' main metrics."""
+    header = ["Model", *(_suite_header(suite) for suite in suites), *(_task_header(board, task) for task in tasks)]
+    rows, values = [], []
+    for model in models:
+        scores = [board.suite_score(model, suite) for suite in suites]
+        texts, numbers = _main_cells(board, model, tasks)
+        rows.append([model, *(_suite_cell(score) for score in scores), *texts])
+        values.append([None, *(score.value if score else None for score in scores), *numbers])
+    better = [None, *(_higher_is_better(board, board.suites[s]) for s in suites),
+              *(_higher_is_better(board, [t]) for t in tasks)]
+    return Table(header, rows, values, better)
 
 
 def main_table(board: Board) -> Table:
-    header = ["Model", *(_suite_header(suite) for suite in board.suites),
-              *(f"{task} ({_main_name(board, task)}{'' if _higher_is_better(board, [task]) else ', lower is better'})"
-                for task in board.tasks)]
-    rows = []
-    for model in main_models(board):
-        row = [model, *(_suite_cell(board.suite_score(model, suite)) for suite in board.suites)]
-        for task in board.tasks:
-            entry = board.cells.get((model, task))
-            row.append(_with_std(entry.result["metrics"], entry.result["main_metric"]) if entry else "")
-        rows.append(row)
-    return Table(header, rows)
+    return scores_table(board, main_models(board), list(board.suites), board.tasks)
 
 
 def task_table(board: Board, task: str) -> Table:
@@ -243,13 +299,18 @@ def task_table(board: Board, task: str) -> Table:
     shown = sorted(n for n in numeric if not any(n.endswith(s) and n[: -len(s)] in numeric for s in folded))
     main = entries[0].result["main_metric"]
     shown = [main, *(n for n in shown if n != main)]
-    rows = []
+    rows, values, intervals = [], [], []
     for entry in entries:
         metrics = entry.result["metrics"]
-        row = [entry.name, str(entry.result.get("num_docs", ""))]
-        row += [_with_std(metrics, n) if _is_number(metrics.get(n)) else "" for n in shown]
-        rows.append(row)
-    return Table(["Model", "docs", *shown], rows)
+        docs = entry.result.get("num_docs", "")
+        rows.append([entry.name, str(docs), *(_with_std(metrics, n) if _is_number(metrics.get(n)) else ""
+                                              for n in shown)])
+        values.append([None, float(docs) if _is_number(docs) else None, *(_number(metrics, n) for n in shown)])
+        intervals.append([None, None, *(interval(metrics, n) for n in shown)])
+    higher = entries[0].higher_is_better
+    # Only the main metric's direction is stored; the other columns are not ranked.
+    return Table(["Model", "docs", *shown], rows, values, [None, None, higher, *([None] * (len(shown) - 1))],
+                 intervals)
 
 
 def _md_cell(text: str) -> str:
@@ -270,8 +331,8 @@ def _intro(board: Board) -> str:
             "A suite average is shown only when the model has every task of the suite; "
             "* marks a score over part of its board. Scores are in percent; "
             "± is one standard error over documents (95% intervals in results.json), sd the population standard "
-            "deviation of the per-seed means. A trained method's row is the checkpoint its validation metric chose; "
-            "the task tables and the training curves show every checkpoint.")
+            "deviation of the per-seed means. A trained method's row is the checkpoint its validation metric chose "
+            "(else its last one); the task tables and the training curves show every checkpoint.")
 
 
 def suite_parts_tables(board: Board) -> list[tuple[str, Table]]:
@@ -282,9 +343,13 @@ def suite_parts_tables(board: Board) -> list[tuple[str, Table]]:
         parts = sorted({part for score in scores.values() if score for part in score.parts})
         if not parts:
             continue
+        kept = [(model, score) for model, score in scores.items() if score is not None]
         rows = [[model, _suite_cell(score), *(_fmt(score.parts[p]) if p in score.parts else "" for p in parts)]
-                for model, score in scores.items() if score is not None]
-        tables.append((suite, Table(["Model", _suite_header(suite), *parts], rows)))
+                for model, score in kept]
+        values = [[None, score.value, *(score.parts.get(p) for p in parts)] for _, score in kept]
+        higher = _higher_is_better(board, board.suites[suite])
+        tables.append((suite, Table(["Model", _suite_header(suite), *parts], rows, values,
+                                    [None, *([higher] * (len(parts) + 1))])))
     return tables
 
 
@@ -297,103 +362,6 @@ def render_markdown(board: Board) -> str:
     return "\n".join(parts) + "\n"
 
 
-
-# The page must open offline and run nothing: inline CSS only, plus a policy that blocks scripts and remote
-# loads even if some text slipped past escaping.
-_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; color: #222; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-thead th { background: #f2f2f2; }
-tbody tr:nth-child(even) { background: #fafafa; }
-img { max-width: 100%; }
-details { margin: 0.4rem 0; }
-.sample { border-left: 3px solid #ddd; margin: 0.5rem 0; padding-left: 0.8rem; }
-.sample h4 { margin: 0.4rem 0 0.1rem; font-size: 0.8rem; color: #555; }
-pre { white-space: pre-wrap; word-break: break-word; background: #f7f7f7; padding: 0.4rem; margin: 0; }
-"""
-
-
-def png_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def read_examples(path: Path, limit: int = EXAMPLES_PER_MODEL) -> list[dict[str, Any]]:
-    """The first `limit` samples of a samples.jsonl; bad lines are left out with a warning."""
-    if not path.is_file():
-        return []
-    samples: list[dict[str, Any]] = []
-    try:
-        with path.open(encoding="utf-8", errors="replace") as lines:
-            for number, line in enumerate(lines, 1):
-                if len(samples) == limit:
-                    break
-                try:
-                    sample = json.loads(line) if line.strip() else None
-                except json.JSONDecodeError:
-                    print(f"warning: {path} line {number} is not JSON; example left out", file=sys.stderr)
-                    continue
-                if isinstance(sample, dict):
-                    samples.append(sample)
-    except OSError as error:
-        print(f"warning: cannot read {path} ({error}); examples left out", file=sys.stderr)
-    return samples
-
-
-def _first(value: Any) -> Any:
-    return (value[0] if value else "") if isinstance(value, list) else value
-
-
-def _text(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS] + " …[truncated]"
-
-
-def _sample_html(sample: dict[str, Any]) -> str:
-    fields = [("prompt", sample.get("prompt", "")), ("reference", _first(sample.get("references", ""))),
-              ("prediction", _first(sample.get("predictions", "")))]
-    body = "".join(f"<h4>{label}</h4><pre>{html.escape(_text(value))}</pre>" for label, value in fields)
-    return f'<div class="sample">{body}</div>'
-
-
-def _examples_html(board: Board, task: str) -> str:
-    blocks = []
-    for model in board.models:
-        entry = board.cells.get((model, task))
-        samples = read_examples(entry.path.parent / "samples.jsonl") if entry else []
-        if samples:
-            items = "".join(_sample_html(sample) for sample in samples)
-            summary = f"{html.escape(model)}: first {len(samples)} examples"
-            blocks.append(f"<details><summary>{summary}</summary>{items}</details>")
-    return "".join(blocks)
-
-
-def _html_table(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in table.header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-                   for row in table.rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _figure_html(name: str, path: Path) -> str:
-    label = html.escape(name)
-    return f'<figure><img src="{png_data_uri(path)}" alt="{label}"><figcaption>{label}</figcaption></figure>'
-
-
-def render_html(board: Board, figures: list[tuple[str, Path]]) -> str:
-    parts = ["<h1>Leaderboard</h1>", f"<p>{html.escape(_intro(board))}</p>", _html_table(main_table(board))]
-    for suite, table in suite_parts_tables(board):
-        parts += [f"<h2>{html.escape(suite)} by capability</h2>", _html_table(table)]
-    parts += [_figure_html(name, path) for name, path in figures]
-    for task in board.tasks:
-        parts += [f"<h2>{html.escape(task)}</h2>", _html_table(task_table(board, task)),
-                  _examples_html(board, task)]
-    head = (f'<meta charset="utf-8"><meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-            f"<title>Leaderboard</title><style>{_CSS}</style>")
-    body = "\n".join(parts)
-    return f'<!DOCTYPE html>\n<html lang="en"><head>{head}</head><body>\n{body}\n</body></html>\n'
 
 
 def write_leaderboard(root: Path, out_dir: Path | None = None) -> list[Path]:
@@ -414,5 +382,7 @@ def write_leaderboard(root: Path, out_dir: Path | None = None) -> list[Path]:
     figures = render_figures([entry.result for entry in ordered], out_dir)
     markdown_path, html_path = out_dir / "leaderboard.md", out_dir / "leaderboard.html"
     atomic_write(markdown_path, render_markdown(board))
+    from harness.reports.html_page import render_html  # the page module builds on this one's tables
+
     atomic_write(html_path, render_html(board, figures))
     return [markdown_path, html_path, *(path for _, path in figures)]

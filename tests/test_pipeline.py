@@ -37,9 +37,10 @@ def test_train_and_eval_marks_the_checkpoint_with_the_best_validation_loss(tiny,
     train_and_evaluate("sft", None, [f"model={tiny.student}", f"data_dir={Path(tiny.data) / 'synth'}",
                                      f"output_dir={output}", "progress=false", "max_steps=4", "eval_every=2",
                                      "save_every=2", "batch_size=8", "micro_batch_size=8", "max_eval_samples=8"],
-                       settings)
+                       settings, init="base")
     log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
     best = min((r for r in log if "valid_loss" in r), key=lambda r: r["valid_loss"])["step"]
     chosen = json.loads((results / "sft__selected" / "synth" / "results.json").read_text())
-    assert chosen["training"] == {"method": "sft", "step": best, "selected_by": "valid_loss"}
+    assert chosen["training"] == {"method": "sft", "step": best, "selected_by": "valid_loss", "init": "base"}
+    assert chosen["wall_seconds"] > 0
     assert {p.name for p in results.iterdir()} >= {"sft__step-2", "sft__step-4", "sft__selected"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import subprocess
@@ -112,9 +113,14 @@ def test_without_suites_rows_sort_by_first_task(tmp_path: Path) -> None:
 
 
 def test_html_is_escaped_self_contained_and_embeds_the_chart(store: Path) -> None:
+    from harness.reports.html_page import _SCRIPT
+
     write_leaderboard(store)
     page = (store / "leaderboard.html").read_text()
-    assert "<script" not in page.lower()
+    # One script, ours, allowed by its hash alone; everything from the store is escaped.
+    assert page.lower().count("<script") == 1 and f"<script>{_SCRIPT}</script>" in page
+    digest = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in page and "default-src 'none'" in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;img src=&quot;http://evil.example/x.png&quot;&gt; &amp; more" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
@@ -122,10 +128,32 @@ def test_html_is_escaped_self_contained_and_embeds_the_chart(store: Path) -> Non
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert base64.b64decode(uris[0]) == (store / "leaderboard_main.png").read_bytes()
     assert_png(store / "leaderboard_main.png")
-    # Examples: the first three samples of a model, first reference and first prediction only.
-    assert "A reference poem." in page and "Another." not in page
-    assert "also fine" in page and "FOURTH-SAMPLE" not in page and "second try" not in page
+    # The viewer holds every prediction and reference of the first documents, with their scores.
+    assert "A reference poem." in page and "Another." in page and "second try" in page
+    assert "FOURTH-SAMPLE" in page and page.count('data-model="teacher" data-doc=') == 4
     assert "25.13 ± 0.45 (sd 0.31)" in page and "23.25" in page
+    assert '25.13 ± 0.45 (sd 0.31)<span class="ci">95% CI [24.25, 26.01]</span>' in page  # the stored interval
+    # The caption is a sentence, not the registry key.
+    assert "<figcaption>Main metric of every task, one panel per suite" in page
+
+
+def test_best_values_are_marked_and_counts_print_as_integers(tmp_path: Path) -> None:
+    write_result(tmp_path, "a", "calibration_sst2", {"ece": 0.30, "num_len_0_5": 127.0, "dist4_total": 9.0},
+                 suites=("calibration",))
+    write_result(tmp_path, "b", "calibration_sst2", {"ece": 0.05, "num_len_0_5": 12.0, "dist4_total": 8.0},
+                 suites=("calibration",))
+    for folder in ("a", "b"):
+        path = tmp_path / folder / "calibration_sst2" / "results.json"
+        path.write_text(path.read_text().replace('"main_metric": "rougeL"',
+                                                 '"main_metric": "ece", "higher_is_better": false'))
+    markdown_path, html_path, _ = write_leaderboard(tmp_path)
+    header, *rows = table_after(markdown_path.read_text(), "## calibration_sst2")
+    assert header == ["Model", "docs", "ece", "dist4_total", "num_len_0_5"]
+    assert rows[0] == ["b", "500", "0.05", "8", "12"]
+    page = html_path.read_text()
+    assert '<td data-value="0.05" class="best">0.05</td>' in page  # lower is better: 0.05 is the best ECE
+    assert '<td data-value="127.0">127</td>' in page  # counts are never ranked
+    assert '<span class="lower"> (lower is better)</span>' in page
 
 
 def test_training_checkpoints_are_named_and_plotted(tmp_path: Path) -> None:
@@ -139,9 +167,19 @@ def test_training_checkpoints_are_named_and_plotted(tmp_path: Path) -> None:
     assert out / "training_curves.png" in written
     assert_png(out / "training_curves.png")
     page = (out / "leaderboard.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and 'alt="training_curves"' in page
-    names = [row[0] for row in table_after((out / "leaderboard.md").read_text(), "# Leaderboard")[1:]]
-    assert names == ["teacher", "minillm@200", "sft@200", "minillm@100", "sft@100"]
+    assert page.count("data:image/png;base64,") == 2 and 'alt="Test main metric of every checkpoint' in page
+    markdown = (out / "leaderboard.md").read_text()
+    names = [row[0] for row in table_after(markdown, "# Leaderboard")[1:]]
+    assert names == ["teacher", "minillm@200", "sft@200"]  # a method's last checkpoint, when none was chosen
+    assert [row[0] for row in table_after(markdown, "## dolly")[1:]] == [
+        "teacher", "minillm@200", "sft@200", "minillm@100", "sft@100"]
+    # In the HTML the earlier checkpoint sits, hidden, right behind its method's row.
+    rows = re.findall(r'<tr( class="checkpoint" data-parent="(g\d)" hidden| data-group="(g\d)")><td><span '
+                      r'class="swatch" style="background:(#[0-9a-f]{6})"></span>([^<]+)', page[:page.index("</table>")])
+    assert [(row[1] or row[2], row[4]) for row in rows] == [
+        ("g0", "teacher"), ("g1", "minillm@200"), ("g1", "minillm@100"), ("g2", "sft@200"), ("g2", "sft@100")]
+    colours = {name.split("@")[0]: colour for *_, colour, name in rows}
+    assert len(set(colours.values())) == 3 and rows[1][3] == rows[2][3]  # one colour per method
     assert not (root / "leaderboard.md").exists()  # out_dir was given, so the store stays untouched
 
     for folder in ("minillm-100", "minillm-200", "sft-100", "sft-200"):
@@ -177,9 +215,9 @@ def test_repeated_model_and_task_keeps_the_newest(tmp_path: Path, capsys: pytest
     assert str(tmp_path / "old") in capsys.readouterr().err
 
 
-def test_markdown_is_a_pure_function_of_the_store(store: Path, tmp_path: Path) -> None:
-    first = write_leaderboard(store, tmp_path / "a")[0].read_text()
-    second = write_leaderboard(store, tmp_path / "b")[0].read_text()
+def test_markdown_and_html_are_a_pure_function_of_the_store(store: Path, tmp_path: Path) -> None:
+    first = [path.read_bytes() for path in write_leaderboard(store, tmp_path / "a")]
+    second = [path.read_bytes() for path in write_leaderboard(store, tmp_path / "b")]
     assert first == second
 
 
@@ -197,7 +235,7 @@ def test_registered_figure_is_saved_and_embedded(store: Path, monkeypatch: pytes
     written = write_leaderboard(store)
     assert store / "model_count.png" in written
     assert_png(store / "model_count.png")
-    assert 'alt="model_count"' in (store / "leaderboard.html").read_text()
+    assert 'alt="model_count"' in (store / "leaderboard.html").read_text()  # no docstring: the name
     with pytest.raises(HarnessError, match="already registered"):
         register_figure("model_count")(lambda results: None)
     with pytest.raises(HarnessError, match="file name"):
@@ -224,7 +262,7 @@ def test_names_and_metric_keys_from_the_store_are_escaped(tmp_path: Path) -> Non
                  suites=("<b>s</b>",))
     markdown_path, html_path, _ = write_leaderboard(tmp_path)
     page = html_path.read_text()
-    assert "<script" not in page and "<i>" not in page and "<b>" not in page
+    assert page.count("<script") == 1 and "<i>" not in page and "<b>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;s&lt;/b&gt; avg" in page
     header = table_after(markdown_path.read_text(), "## dolly")[0]
     assert header == ["Model", "docs", "rougeL", "&lt;i&gt;odd\\|key&lt;/i&gt;"]
@@ -271,3 +309,37 @@ def test_scores_print_with_enough_digits():
     assert format_score({"acc": 0.475, "acc_stderr": 0.0354}, "acc") == "0.475 ± 0.0354"  # not 0.47 ± 0.04
     assert format_score({"acc": 47.5, "acc_stderr": 3.54, "acc_ci95": [40.6, 54.4]}, "acc") == "47.50 ± 3.54"
     assert format_score({"ece": 0.0}, "ece") == "0.00" and format_score({}, "ece") == "n/a"
+
+
+def test_figures_colour_by_method_with_error_bars_and_reference_lines() -> None:
+    def result(model: str, task: str, value: float, training: dict | None = None) -> dict:
+        record = {"model": model, "task": task, "suites": ["instruct"], "main_metric": "rougeL",
+                  "metrics": {"rougeL": value, "rougeL_stderr": 0.5}}
+        return {**record, "training": training} if training else record
+
+    results = [result("teacher", "dolly", 40.0),
+               result("student", "dolly", 20.0, {"method": "sft-init", "step": 600, "selected_by": "valid_loss"}),
+               result("student", "dolly", 18.0, {"method": "sft-init", "step": 300}),
+               *(result("student", "dolly", 20.0 + step / 100, {"method": "minillm", "step": step, "init": "sft-init"})
+                 for step in (100, 200))]
+    colours = plots.method_colours(results)
+    bars = plots.main_metric_bars(results).axes[0]
+    # The summary only: teacher, the chosen sft-init checkpoint, minillm's last one, each in its method's colour.
+    assert [patch.get_height() for patch in bars.patches] == [40.0, 20.0, 22.0]
+    assert [matplotlib_hex(patch.get_facecolor()) for patch in bars.patches] == [
+        colours["teacher"], colours["sft-init"], colours["minillm"]]
+    whiskers = [line for collection in bars.collections for line in collection.get_segments()]
+    assert [round(segment[1][1] - segment[0][1], 6) for segment in whiskers] == [1.0, 1.0, 1.0]  # ± one stderr
+    curves = plots.training_curves(results).axes[0]
+    lines = {line.get_label(): line for line in curves.lines}
+    assert list(lines["minillm"].get_xdata()) == [100, 200]  # the initialisation is a reference, not a curve
+    assert list(lines["sft-init (initialisation)"].get_ydata()) == [20.0, 20.0]
+    assert lines["sft-init (initialisation)"].get_linestyle() == ":"
+    assert list(lines["teacher"].get_ydata()) == [40.0, 40.0] and lines["teacher"].get_linestyle() == "--"
+    assert matplotlib_hex(lines["minillm"].get_color()) == colours["minillm"]
+
+
+def matplotlib_hex(colour) -> str:
+    from matplotlib.colors import to_hex
+
+    return to_hex(colour)
