@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from rouge_score import rouge_scorer
@@ -274,3 +275,13 @@ def test_each_document_samples_from_its_own_seed_reproducibly(tiny, tmp_path):
     assert len(set(first)) > 1, first  # with one bare seed for every request all four were the same sample
     assert predictions("b", batch_size=1) == first
     assert runner.request_seed(10, 0) == runner.request_seed(10, 0) != runner.request_seed(10, 1)
+
+
+def test_written_files_are_as_readable_as_the_umask_allows(tmp_path):
+    """Results and reports are written through a temporary file, whose owner-only mode must not stick."""
+    from harness import store
+
+    umask = os.umask(0)
+    os.umask(umask)
+    store.write_json(tmp_path / "results.json", {"a": 1})
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o666 & ~umask
