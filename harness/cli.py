@@ -198,18 +198,22 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 RLVR_METHODS = ("grpo", "trapo")
+PICL_METHODS = ("picl", "extralm")
 
 
 def cmd_train_and_eval(args: argparse.Namespace) -> None:
-    from harness.pipeline import tiny_distillation, tiny_rlvr, train_and_evaluate
+    from harness.pipeline import tiny_distillation, tiny_picl, tiny_rlvr, train_and_evaluate
     from harness.reports import write_leaderboard
 
     if args.tasks is None:
         args.tasks = "math_synth" if args.method in RLVR_METHODS else "synth"
+        if args.method in PICL_METHODS:
+            args.tasks = "icl_synth,icl_cls" if args.data_dir else "icl_synth"
     evaluation = eval_config_from_args(args, recipe=True)
     tiny = args.config is None and not args.overrides
-    if tiny and args.method in ("minillm", "trapo"):
-        timings = tiny_distillation(evaluation) if args.method == "minillm" else tiny_rlvr(evaluation)
+    recipes = {"minillm": tiny_distillation, "trapo": tiny_rlvr, "picl": tiny_picl}
+    if tiny and args.method in recipes:
+        timings = recipes[args.method](evaluation)
         print("stage seconds: " + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in timings.items()))
     else:
         train_and_evaluate(args.method, args.config, args.overrides, evaluation)
@@ -218,7 +222,7 @@ def cmd_train_and_eval(args: argparse.Namespace) -> None:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("method", help="sft, kd, seqkd, minillm, grpo or trapo (or a plug-in trainer)")
+    parser.add_argument("method", help="sft, kd, seqkd, minillm, grpo, trapo, picl or extralm (or a plug-in trainer)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe settings to override, e.g. lr=1e-4")
     parser.add_argument("--config", help="YAML recipe (default: configs/METHOD.yaml, the tiny CPU recipe)")
 
@@ -263,10 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "train, evaluate every checkpoint as soon as it is written, then write the leaderboard; "
                    "`harness train-and-eval minillm` alone runs the built-in tiny distillation recipe (teacher, "
                    "SFT-initialised student, SFT/KD/SeqKD/MiniLLM students) on the CPU in minutes; "
-                   "`harness train-and-eval trapo` alone the tiny RLVR recipe (GRPO, SFT-then-RL, TRAPO)")
+                   "`harness train-and-eval trapo` alone the tiny RLVR recipe (GRPO, SFT-then-RL, TRAPO); "
+                   "`harness train-and-eval picl` alone the tiny PICL recipe (retriever, PICL and ExtraLM)")
     _add_train_arguments(both)
     both.add_argument("--tasks", help="tasks evaluated at each checkpoint (default: math_synth for grpo and trapo, "
-                      "else synth)")
+                      "icl_synth for picl and extralm, with icl_cls too when --data-dir is given, else synth)")
     both.add_argument("--output-dir", default="runs", help="results root (default: runs)")
     both.add_argument("--data-dir", help="data folder for the evaluation tasks")
     both.add_argument("--limit", type=int, help="evaluate only the first N rows of each task")

@@ -6,7 +6,8 @@ changing. `tiny_distillation` is the built-in recipe behind `harness train-and-e
 tiny teacher, a student initialised by SFT (the checkpoint with the lowest validation loss), then SFT, KD, SeqKD and
 MiniLLM students from it, all evaluated on `synth`. `tiny_rlvr` is the one behind `harness train-and-eval trapo`:
 the tiny math policy initialised by a short SFT, then GRPO, SFT-then-RL and TRAPO from it with equal step
-budgets, all evaluated on `math_synth`.
+budgets, all evaluated on `math_synth`. `tiny_picl` is the one behind `harness train-and-eval picl`: the tiny
+retriever and corpus of `harness.tiny_picl`, then PICL and ExtraLM from the same untrained student.
 """
 
 from __future__ import annotations
@@ -161,4 +162,43 @@ def _rlvr_stages(evaluation: EvalConfig) -> dict[str, float]:
     lap("sft-then-rl")
     train_and_evaluate("trapo", None, [*common, f"model={policy}", f"output_dir={root / 'trapo'}"], evaluation)
     lap("trapo")
+    return timings
+
+
+def tiny_picl(evaluation: EvalConfig) -> dict[str, float]:
+    """The built-in PICL recipe (configs/picl.yaml, configs/extralm.yaml); returns the wall-clock seconds of each stage.
+
+    The untrained tiny student is evaluated as `init`; PICL (retriever, neighbours, instances, then the 1:1 mix of
+    instances and LM chunks) and ExtraLM (the LM chunks alone) start from it with the same steps and batch.
+    """
+    return single_threaded(lambda: _picl_stages(evaluation))
+
+
+def _picl_stages(evaluation: EvalConfig) -> dict[str, float]:
+    import json
+
+    from harness import tiny_picl
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        timings[stage] = time.perf_counter() - start - sum(timings.values())
+
+    paths = tiny_picl.build(progress=evaluation.progress)
+    root = Path(evaluation.output_dir) / "train"
+    common = [f"model={paths.student}", f"corpus_file={paths.corpus}", f"artifacts_dir={root / 'picl-artifacts'}",
+              f"progress={evaluation.progress}"]
+    lap("build")
+    evaluate(dataclasses.replace(evaluation, model=str(paths.student), name="init", overwrite=True))
+    lap("init")
+    train_and_evaluate("picl", None, [*common, f"retriever={paths.retriever}", f"retriever_data={paths.retriever_data}",
+                                      f"corpus_labels={paths.labels}", f"output_dir={root / 'picl'}"], evaluation)
+    lap("picl")
+    train_and_evaluate("extralm", None, [*common, f"output_dir={root / 'extralm'}"], evaluation)
+    lap("extralm")
+    retrieval = json.loads((root / "picl" / "retrieval.json").read_text())
+    print(f"retriever: precision@{retrieval['k']} {retrieval['precision_at_k']:.3f} on the synthetic task labels "
+          f"(chance {retrieval['chance']:.3f}); {retrieval['instances']} instances of "
+          f"{retrieval['mean_instance_tokens']:.0f} tokens on average")
     return timings
