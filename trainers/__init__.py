@@ -1,5 +1,5 @@
-"""Training methods (SFT, KD, SeqKD, MiniLLM, GRPO, TRAPO, PICL, ExtraLM) behind one entry point: `train(method, config_path,
-overrides)`.
+"""Training methods (SFT, KD, SeqKD, MiniLLM, GRPO, TRAPO, PICL, ExtraLM) behind one entry point:
+`train(method, config_path, overrides)`.
 
 Each method is a `Trainer` subclass registered with `@register_trainer(name)` together with its config dataclass.
 Built-ins go through the same registry as third-party trainers (entry-point group `harness.trainers`); their

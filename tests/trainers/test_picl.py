@@ -101,14 +101,37 @@ def test_the_trainer_batches_mix_stored_instances_with_lm_chunks(trainer):
     for row, ids in enumerate(rows):
         assert batch["input_ids"][row, : len(ids)].tolist() == ids
         assert batch["labels"][row, : len(ids)].tolist() == ids  # the LM loss on every token
-    assert all(len(trainer.train_examples[i].response_ids) == 128 for i in lm)
-    assert max(len(trainer.instances[i]) for i in range(len(trainer.instances))) <= 128
+    assert all(len(trainer.train_examples[i].response_ids) == trainer.config.max_length for i in lm)
+    assert max(len(trainer.instances[i]) for i in range(len(trainer.instances))) <= trainer.config.max_length
+
+
+def test_the_filter_scores_the_query_paragraph_as_the_models_own_loss_does(trainer):
+    from harness.trainers.picl import _query_losses
+
+    model = trainer.student.eval()
+    sequences = [trainer.instances[0], trainer.instances[1][:40]]
+    losses = _query_losses(model, sequences, [9, 5], trainer.tokenizer.pad_token_id)
+    for ids, query_length, loss in zip(sequences, [9, 5], losses):
+        labels = torch.full((1, len(ids)), -100)
+        labels[0, len(ids) - query_length + 1:] = torch.tensor(ids[len(ids) - query_length + 1:])
+        with torch.no_grad():
+            expected = model(input_ids=torch.tensor([ids]), labels=labels).loss.item()
+        assert loss == pytest.approx(expected, rel=1e-4)
 
 
 def test_retrieval_finds_same_task_paragraphs_far_above_chance(trainer):
     report = json.loads((Path(trainer.config.output_dir) / "retrieval.json").read_text())
     assert 0.005 < report["chance"] < 0.02  # 96 tasks drawn uniformly
     assert report["precision_at_k"] > 10 * report["chance"], report
+
+
+def test_a_second_run_reuses_every_stored_stage(trainer):
+    root = Path(trainer.config.artifacts_dir)
+    before = {path: path.stat().st_mtime_ns for path in root.glob("*/*")}
+    again = PICLTrainer(trainer.config)
+    again.setup()
+    assert {path: path.stat().st_mtime_ns for path in root.glob("*/*")} == before
+    assert [again.instances[i] for i in range(20)] == [trainer.instances[i] for i in range(20)]
 
 
 def test_faiss_and_torch_search_agree_and_leave_the_query_out():
