@@ -37,6 +37,7 @@ import torch
 
 from harness.errors import HarnessError
 from harness.store import write_json
+from harness.tiny import locked
 from harness.trainers import register_trainer
 from harness.trainers.base import TrainConfig, Trainer
 from harness.trainers.data import Example, batch_indices, chunked, pad_examples, read_jsonl, shard
@@ -178,12 +179,14 @@ class ExtraLMTrainer(Trainer):
     def prepare_data(self) -> None:
         state = self.accelerator
         if state.is_main_process:
-            self.build_artifacts()
+            Path(self.config.artifacts_dir).mkdir(parents=True, exist_ok=True)
+            with locked(Path(self.config.artifacts_dir) / ".lock"):  # a second run waits, then reuses
+                self.build_artifacts()
         state.wait_for_everyone()
         if not state.is_main_process:
             self.build_artifacts()  # finds and opens what the main process built
-        self.train_examples = StoredExamples(TokenStore(self.corpus / "lm-train"))
-        self.valid_examples = StoredExamples(TokenStore(self.corpus / "lm-valid"), self.config.max_eval_samples)
+        self.train_examples = StoredExamples(TokenStore(self.chunks / "lm-train"))
+        self.valid_examples = StoredExamples(TokenStore(self.chunks / "lm-valid"), self.config.max_eval_samples)
         if not len(self.train_examples) or not len(self.valid_examples):
             raise HarnessError(f"the corpus gives {len(self.train_examples)} training and {len(self.valid_examples)}"
                                f" validation chunks of {self.config.max_length} tokens: add text, lower max_length"
@@ -195,6 +198,7 @@ class ExtraLMTrainer(Trainer):
 
     def build_artifacts(self) -> None:
         self.corpus = self.build_corpus()
+        self.chunks = self.build_chunks()
 
     @cached_property
     def separator(self) -> list[int]:
@@ -204,16 +208,14 @@ class ExtraLMTrainer(Trainer):
         config = self.config
         vocab = json.dumps(sorted(self.tokenizer.get_vocab().items()))
         return {"corpus": _identity(config.corpus_file), "max_documents": config.max_documents,
-                "valid_documents": config.valid_documents, "max_length": config.max_length,
-                "tokenizer": hashlib.sha256(vocab.encode()).hexdigest()}
+                "valid_documents": config.valid_documents, "tokenizer": hashlib.sha256(vocab.encode()).hexdigest()}
 
     def build_corpus(self) -> Path:
-        """Paragraph tokens, each document's paragraph range, and the train / valid LM chunks."""
+        """Every paragraph's tokens, and each document's range of paragraphs (written last: it marks the end)."""
         config = self.config
         folder = stage_folder(config.artifacts_dir, "corpus", self.corpus_settings())
-        if (folder / "lm-valid").is_dir():
+        if (folder / "documents").is_dir():
             return folder
-        folder.mkdir(parents=True, exist_ok=True)
         documents: list[list[int]] = []
 
         def paragraphs():
@@ -224,15 +226,22 @@ class ExtraLMTrainer(Trainer):
                 documents.append([start, start + len(texts)])
                 yield from self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
-        if not (folder / "paragraphs").is_dir():
-            TokenStore.write(folder / "paragraphs", paragraphs())
-            TokenStore.write(folder / "documents", iter(documents))
-        stores = TokenStore(folder / "documents"), TokenStore(folder / "paragraphs")
-        split = len(stores[0]) - config.valid_documents
-        if split < 1:
-            raise HarnessError(f"{len(stores[0])} documents leave none for training after valid_documents="
+        TokenStore.write(folder / "paragraphs", paragraphs())
+        if len(documents) <= config.valid_documents:
+            raise HarnessError(f"{len(documents)} documents leave none for training after valid_documents="
                                f"{config.valid_documents}: lower valid_documents")
-        eos, length = self.tokenizer.eos_token_id, config.max_length
+        TokenStore.write(folder / "documents", iter(documents))
+        return folder
+
+    def build_chunks(self) -> Path:
+        """Full-document LM chunks of `max_length`: the training documents', and the held-out ones'."""
+        folder = stage_folder(self.config.artifacts_dir, "chunks", {**self.corpus_settings(),
+                                                                    "max_length": self.config.max_length})
+        if (folder / "lm-valid").is_dir():
+            return folder
+        stores = TokenStore(self.corpus / "documents"), TokenStore(self.corpus / "paragraphs")
+        split, eos, length = len(stores[0]) - self.config.valid_documents, self.tokenizer.eos_token_id, \
+            self.config.max_length
         TokenStore.write(folder / "lm-train", document_chunks(*stores, 0, split, self.separator, eos, length))
         TokenStore.write(folder / "lm-valid", document_chunks(*stores, split, len(stores[0]), self.separator, eos,
                                                               length))

@@ -62,6 +62,7 @@ class TokenStore:
     """Token sequences in one memory-mapped file (`tokens.bin`, int32) with their offsets (`offsets.bin`)."""
 
     def __init__(self, folder: Path):
+        folder = Path(folder)
         self.tokens = np.memmap(folder / "tokens.bin", dtype=np.int32, mode="r") \
             if (folder / "tokens.bin").stat().st_size else np.zeros(0, dtype=np.int32)
         self.offsets = np.fromfile(folder / "offsets.bin", dtype=np.int64)
@@ -75,7 +76,7 @@ class TokenStore:
     @staticmethod
     def write(folder: Path, sequences: Iterator[list[int]]) -> None:
         """Stream `sequences` into a store at `folder` (written to a temporary folder, then renamed)."""
-        staging = folder.with_name(folder.name + ".partial")
+        staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         offsets = [0]
@@ -84,8 +85,10 @@ class TokenStore:
                 handle.write(np.asarray(ids, dtype=np.int32).tobytes())
                 offsets.append(offsets[-1] + len(ids))
         np.asarray(offsets, dtype=np.int64).tofile(staging / "offsets.bin")
-        shutil.rmtree(folder, ignore_errors=True)  # an earlier, interrupted write
-        os.replace(staging, folder)
+        if folder.is_dir():  # written by an earlier run that stopped before its stage was complete: the same
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, folder)
 
 
 # ---- the retriever's loss and batches ----------------------------------------------------------------------
