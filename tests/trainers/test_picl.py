@@ -39,10 +39,14 @@ def tiny_picl_paths():
 
 @pytest.fixture(scope="module")
 def trainer(tiny_picl_paths, tmp_path_factory) -> PICLTrainer:
-    """A PICL trainer set up on the first 300 tiny documents: retriever trained one epoch, neighbours, instances."""
+    """A PICL trainer set up on the first 300 tiny documents, its retriever trained 2 epochs on 960 labelled rows
+    (10 per task on average): the retriever, neighbours and instances built."""
     root = tmp_path_factory.mktemp("picl")
+    rows = tiny_picl_paths.retriever_data.read_text().splitlines(keepends=True)[:960]
+    (root / "retriever.jsonl").write_text("".join(rows))
     config = load(PICLConfig, CONFIGS / "picl.yaml",
-                  [*tiny_overrides(tiny_picl_paths, root), "max_documents=300", "retriever_epochs=1"])
+                  [*tiny_overrides(tiny_picl_paths, root), "max_documents=300", "retriever_epochs=2",
+                   f"retriever_data={root / 'retriever.jsonl'}"])
     trainer = PICLTrainer(config)
     trainer.setup()
     return trainer
@@ -157,7 +161,7 @@ def test_gpu_recipe_holds_the_released_settings_and_bad_settings_are_one_line_er
 
 
 # ---- exact resume after kill -9, in the retriever stage and in the LM stage ---------------------------------
-RESUME = ["max_documents=120", "valid_documents=4", "retriever_epochs=1", "retriever_batch_size=256",
+RESUME = ["max_documents=120", "valid_documents=4", "retriever_epochs=1", "retriever_batch_size=128",
           "retriever_save_every=2", "k=8", "max_steps=6", "save_every=2", "eval_every=2", "batch_size=8",
           "micro_batch_size=8"]
 
@@ -175,9 +179,12 @@ def _kill_when(launcher, command: list[str], marker: Callable[[], bool], what: s
 @pytest.mark.slow
 def test_sigkill_in_the_retriever_and_in_the_lm_stage_then_rerun_resumes_exactly(tiny_picl_paths, launcher,
                                                                                  tmp_path):
+    rows = tiny_picl_paths.retriever_data.read_text().splitlines(keepends=True)[:960]  # 7 retriever steps
+    (tmp_path / "retriever.jsonl").write_text("".join(rows))
+
     def command(root: Path) -> list[str]:
         return ["-m", "harness.trainers", "picl", str(CONFIGS / "picl.yaml"), *tiny_overrides(tiny_picl_paths, root),
-                *RESUME]
+                *RESUME, f"retriever_data={tmp_path / 'retriever.jsonl'}"]
 
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     _kill_when(launcher, command(killed), lambda: any((killed / "artifacts").glob("retriever-*/step-2")),
