@@ -3,6 +3,7 @@ labels, the instance length rules, the 1:1 mix, the GPU recipe, and exact resume
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -121,6 +122,16 @@ def test_the_filter_scores_the_query_paragraph_as_the_models_own_loss_does(train
         with torch.no_grad():
             expected = model(input_ids=torch.tensor([ids]), labels=labels).loss.item()
         assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_filter_keeps_a_subset_of_the_same_instances(trainer):
+    config = dataclasses.replace(trainer.config, filter_threshold=0.0,
+                                 output_dir=Path(trainer.config.output_dir).with_name("filtered"))
+    filtered = PICLTrainer(config)
+    filtered.setup()
+    kept = {tuple(filtered.instances[i]) for i in range(len(filtered.instances))}
+    everything = {tuple(trainer.instances[i]) for i in range(len(trainer.instances))}
+    assert 0 < len(filtered.instances) < len(trainer.instances) and kept <= everything
 
 
 def test_retrieval_finds_same_task_paragraphs_far_above_chance(trainer):
