@@ -212,6 +212,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 RLVR_METHODS = ("grpo", "trapo", "cropi")
+PICL_METHODS = ("picl", "extralm")
 
 
 def format_speedup(record: dict) -> str:
@@ -229,17 +230,23 @@ def format_speedup(record: dict) -> str:
     return line
 
 
+def default_tasks(method: str, data_dir: str | None) -> str:
+    """What `train-and-eval METHOD` evaluates when --tasks is not given: the suite that judges the method."""
+    if method in PICL_METHODS:
+        return "icl_synth,icl_cls" if data_dir else "icl_synth"
+    return {"ppt": "ppt_synth", **dict.fromkeys(RLVR_METHODS, "math_synth")}.get(method, "synth")
+
+
 def cmd_train_and_eval(args: argparse.Namespace) -> None:
-    from harness.pipeline import step_speedup, tiny_cropi, tiny_distillation, tiny_ppt, tiny_rlvr, train_and_evaluate
+    from harness.pipeline import TINY_RECIPES, step_speedup, train_and_evaluate
     from harness.reports import write_leaderboard
 
     if args.tasks is None:
-        args.tasks = {"ppt": "ppt_synth", **dict.fromkeys(RLVR_METHODS, "math_synth")}.get(args.method, "synth")
+        args.tasks = default_tasks(args.method, args.data_dir)
     evaluation = eval_config_from_args(args, recipe=True)
     tiny = args.config is None and not args.overrides
-    recipes = {"minillm": tiny_distillation, "trapo": tiny_rlvr, "cropi": tiny_cropi, "ppt": tiny_ppt}
-    if tiny and args.method in recipes:
-        timings = recipes[args.method](evaluation)
+    if tiny and args.method in TINY_RECIPES:
+        timings = TINY_RECIPES[args.method](evaluation)
         print("stage seconds: " + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in timings.items()))
         if args.method == "cropi":
             print(format_speedup(step_speedup(Path(evaluation.output_dir), args.tasks.split(",")[0])))
@@ -250,7 +257,8 @@ def cmd_train_and_eval(args: argparse.Namespace) -> None:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("method", help="sft, kd, seqkd, minillm, grpo, trapo, cropi or ppt (or a plug-in trainer)")
+    parser.add_argument("method", help="sft, kd, seqkd, minillm, grpo, trapo, cropi, picl, extralm or ppt (or a "
+                        "plug-in trainer)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe settings to override, e.g. lr=1e-4")
     parser.add_argument("--config", help="YAML recipe (default: configs/METHOD.yaml, the tiny CPU recipe)")
 
@@ -297,11 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "SFT-initialised student, SFT/KD/SeqKD/MiniLLM students) on the CPU in minutes; "
                    "`harness train-and-eval trapo` alone the tiny RLVR recipe (GRPO, SFT-then-RL, TRAPO); "
                    "`harness train-and-eval cropi` alone full-data GRPO against CROPI, with the step speed-up; "
+                   "`harness train-and-eval picl` alone the tiny PICL recipe (retriever, PICL and ExtraLM); "
                    "`harness train-and-eval ppt` alone the tiny PPT recipe (prompt pre-training, then PT, PPT and "
                    "FT over 32-shot splits)")
     _add_train_arguments(both)
     both.add_argument("--tasks", help="tasks evaluated at each checkpoint (default: math_synth for grpo, trapo and "
-                      "cropi, ppt_synth for ppt, else synth)")
+                      "cropi; icl_synth for picl and extralm, with icl_cls too when --data-dir is given; ppt_synth "
+                      "for ppt; else synth)")
     both.add_argument("--output-dir", default="runs", help="results root (default: runs)")
     both.add_argument("--data-dir", help="data folder for the evaluation tasks")
     both.add_argument("--limit", type=int, help="evaluate only the first N rows of each task")

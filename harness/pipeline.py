@@ -10,7 +10,9 @@ budgets, all evaluated on `math_synth`. `tiny_cropi` is the one behind `harness 
 SFT initialisation, full-data GRPO and CROPI on one training pool with equal steps, and the step speed-up.
 `tiny_ppt` is the one behind `harness train-and-eval ppt`: the frozen language model alone, a soft prompt
 pre-trained on the tiny corpus, then PT, PPT and FT tuned on several 32-shot splits of `ppt_synth`, each method's
-splits summarised as one result (mean and spread over the splits).
+splits summarised as one result (mean and spread over the splits). `tiny_picl` is the one behind
+`harness train-and-eval picl`: the tiny retriever and corpus of `harness.tiny_picl`, then PICL and ExtraLM from the
+same untrained student.
 """
 
 from __future__ import annotations
@@ -293,7 +295,7 @@ def _ppt_stages(evaluation: EvalConfig, splits: tuple[int, ...]) -> dict[str, fl
         for split in splits:
             label = f"{method}-split{split}"
             train_and_evaluate("ppt", None, [*common, *options, f"split_seed={split}", f"output_dir={root / label}"],
-                               evaluation, label=label)
+                               evaluation, label=label, init="frozen-lm")
         summarise_splits(Path(evaluation.output_dir), method, [f"{method}-split{split}" for split in splits])
         timings.lap(method)
     return timings
@@ -319,3 +321,41 @@ def summarise_splits(root: Path, name: str, labels: list[str]) -> list[Path]:
                               for label, m, value in zip(labels, members, values)])
         written.append(store.write_results(store.task_dir(root, name, record["task"]), record, [], overwrite=True))
     return written
+
+
+def tiny_picl(evaluation: EvalConfig) -> dict[str, float]:
+    """The built-in PICL recipe (configs/picl.yaml, configs/extralm.yaml); returns the wall-clock seconds of each stage.
+
+    The untrained tiny student is evaluated as `init`; PICL (retriever, neighbours, instances, then the 1:1 mix of
+    instances and LM chunks) and ExtraLM (the LM chunks alone) start from it with the same steps and batch.
+    """
+    return single_threaded(lambda: _picl_stages(evaluation))
+
+
+def _picl_stages(evaluation: EvalConfig) -> dict[str, float]:
+    from harness import tiny_picl
+
+    timings = Laps()
+    paths = tiny_picl.build(progress=evaluation.progress)
+    root = Path(evaluation.output_dir) / "train"
+    common = [f"model={paths.student}", f"corpus_file={paths.corpus}", f"artifacts_dir={root / 'picl-artifacts'}",
+              f"progress={evaluation.progress}"]
+    timings.lap("build")
+    evaluate(dataclasses.replace(evaluation, model=str(paths.student), name="init", overwrite=True))
+    timings.lap("init")
+    train_and_evaluate("picl", None, [*common, f"retriever={paths.retriever}", f"retriever_data={paths.retriever_data}",
+                                      f"corpus_labels={paths.labels}", f"output_dir={root / 'picl'}"], evaluation,
+                       init="init")
+    timings.lap("picl")
+    train_and_evaluate("extralm", None, [*common, f"output_dir={root / 'extralm'}"], evaluation, init="init")
+    timings.lap("extralm")
+    retrieval = json.loads((root / "picl" / "retrieval.json").read_text())
+    print(f"retriever: precision@{retrieval['k']} {retrieval['precision_at_k']:.3f} on the synthetic task labels "
+          f"(chance {retrieval['chance']:.3f}); {retrieval['instances']} instances of "
+          f"{retrieval['mean_instance_tokens']:.0f} tokens on average")
+    return timings
+
+
+# The built-in tiny recipe behind `harness train-and-eval METHOD` with no config.
+TINY_RECIPES: dict[str, Callable[[EvalConfig], dict[str, float]]] = {
+    "minillm": tiny_distillation, "trapo": tiny_rlvr, "cropi": tiny_cropi, "picl": tiny_picl, "ppt": tiny_ppt}

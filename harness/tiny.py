@@ -97,7 +97,7 @@ def cached_build(version: str, build_into: Callable[[Path], None], cache_root: P
     except OSError as error:
         raise HarnessError(f"cannot create the cache folder {root} ({error.strerror}); set HARNESS_CACHE "
                            "to a writable folder") from None
-    with _locked(root / f"{version}.lock"):
+    with locked(root / f"{version}.lock"):
         if final.is_dir() and not force:  # another process finished it while we waited
             return final
         staging = Path(tempfile.mkdtemp(prefix=f"{version}.building-", dir=root))
@@ -110,7 +110,7 @@ def cached_build(version: str, build_into: Callable[[Path], None], cache_root: P
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def locked(lock_path: Path) -> Iterator[None]:
     with lock_path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

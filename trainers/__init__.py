@@ -1,4 +1,4 @@
-"""Training methods (SFT, KD, SeqKD, MiniLLM, GRPO, TRAPO, CROPI, PPT) behind one entry point:
+"""Training methods (SFT, KD, SeqKD, MiniLLM, GRPO, TRAPO, CROPI, PICL, ExtraLM, PPT) behind one entry point:
 `train(method, config_path, overrides)`.
 
 Each method is a `Trainer` subclass registered with `@register_trainer(name)` together with its config dataclass.
@@ -27,6 +27,8 @@ _BUILTIN = {
     "trapo": "harness.trainers.trapo",
     "cropi": "harness.trainers.cropi",
     "ppt": "harness.trainers.ppt",
+    "picl": "harness.trainers.picl",
+    "extralm": "harness.trainers.picl",
 }
 METHODS: tuple[str, ...] = tuple(_BUILTIN)
 _REGISTRY: dict[str, type] = {}
