@@ -9,7 +9,9 @@ file contents instead. Weight files can be tens of GB, so for those we hash the 
 traceback after minutes: config.json must be a JSON object naming a known architecture, a config or tokenizer
 that declares its own Python code (`auto_map`) needs `trust_remote_code`, weights must exist, a safetensors file
 must hold a whole header and every tensor its header lists, and a pickled weight file (.bin/.pt) must load with
-torch's safe (`weights_only`) unpickler.
+torch's safe (`weights_only`) unpickler. The architecture name is looked up in transformers' own list, which takes
+seconds to import: a run that may be served from its cache checks everything else first (`architecture=False`)
+and the architecture when the model loads, before any weight is read.
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ def _weight_files(folder: Path) -> list[Path]:
                            if not path.name.startswith(("training_args", "optimizer", "scheduler", "rng")))
 
 
-def check_checkpoint(folder: Path, trust_remote_code: bool = False) -> None:
+def check_checkpoint(folder: Path, trust_remote_code: bool = False, architecture: bool = True) -> None:
     """Everything about an HF-format folder that can be known without loading it (see the module docstring)."""
     config = _read_json(folder / "config.json")
     tokenizer_config = folder / "tokenizer_config.json"
@@ -158,7 +160,7 @@ def check_checkpoint(folder: Path, trust_remote_code: bool = False) -> None:
         raise HarnessError(f"{folder} declares its own Python code (auto_map), which runs only when asked: pass "
                            "--trust-remote-code to `harness eval` if you trust its source (training loads built-in "
                            "architectures only)")
-    if not declares_code:
+    if architecture and not declares_code:
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
         if config.get("model_type") not in CONFIG_MAPPING_NAMES:
@@ -175,23 +177,23 @@ def check_checkpoint(folder: Path, trust_remote_code: bool = False) -> None:
             check_pickled_weights(path)
 
 
-def check_local(model: str, trust_remote_code: bool = False) -> Path | None:
+def check_local(model: str, trust_remote_code: bool = False, architecture: bool = True) -> Path | None:
     """The checkpoint folder if `model` is local, None if it is a hub id; a broken local checkpoint is an error."""
     local = Path(os.path.expanduser(model))
     if local.exists():
         if not (local / "config.json").is_file():
             raise HarnessError(f"{model} has no config.json: pass a folder saved with save_pretrained()")
-        check_checkpoint(local, trust_remote_code)
+        check_checkpoint(local, trust_remote_code, architecture)
         return local
     if _looks_like_path(model):
         raise HarnessError(f"no checkpoint at {model}: check the path, or pass a hub id such as gpt2")
     return None
 
 
-def resolve(model: str, trust_remote_code: bool = False) -> ModelRef:
+def resolve(model: str, trust_remote_code: bool = False, architecture: bool = True) -> ModelRef:
     """A local folder is used as it is; anything else is tried as a hub id (downloaded once to the hub cache)."""
-    folder = check_local(model, trust_remote_code)
+    folder = check_local(model, trust_remote_code, architecture)
     if folder is None:
         folder = _download(model)
-        check_checkpoint(folder, trust_remote_code)
+        check_checkpoint(folder, trust_remote_code, architecture)
     return ModelRef(path=folder, name=display_name(model, folder), identity=model_identity(folder))

@@ -416,7 +416,7 @@ def open_backend(model: str, config: EvalConfig):
 def model_backend(model: str, config: EvalConfig, data_parallel: int = 1):
     """The model as the run holds it: named and identified now, loaded only when a request is not in the cache,
     in this process or as `data_parallel` replicas in their own processes (`harness.replicas`)."""
-    ref = resolve(model, config.trust_remote_code)
+    ref = resolve(model, config.trust_remote_code, architecture=False)
     if data_parallel > 1:
         return Replicas(ref, model, config, data_parallel)
     return LazyBackend(ref, lambda: open_backend(model, config))
@@ -427,7 +427,8 @@ def evaluate(config: EvalConfig) -> list[Path]:
     check_eval_config(config)
     for checkpoint in (config.model, config.teacher):
         if checkpoint:
-            check_local(checkpoint, config.trust_remote_code)  # a broken checkpoint fails before any data loads
+            # a broken checkpoint fails before any data loads; its architecture is checked when it loads
+            check_local(checkpoint, config.trust_remote_code, architecture=False)
     planned = plan(config)
     model = config.model
     if model is None:

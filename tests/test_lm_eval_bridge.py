@@ -276,7 +276,7 @@ def bridged(task_dir, root, **changes):
 
 
 def test_lm_eval_requests_go_through_the_cache(task_dir, tmp_path, counting, monkeypatch):
-    monkeypatch.setattr("harness.runner.check_local", lambda model, trust_remote_code=False: None)
+    monkeypatch.setattr("harness.runner.check_local", lambda model, trust_remote_code=False, architecture=True: None)
     first = bridged(task_dir, tmp_path)
     assert len(counting[0].scored) == 40 and len(counting[0].generated) == 6  # 10 docs x 4 options, 6 docs
     second = bridged(task_dir, tmp_path, overwrite=True)
@@ -285,7 +285,7 @@ def test_lm_eval_requests_go_through_the_cache(task_dir, tmp_path, counting, mon
 
 
 def test_samples_seeds_and_gen_kwargs_reach_lm_eval_requests(task_dir, tmp_path, counting, monkeypatch):
-    monkeypatch.setattr("harness.runner.check_local", lambda model, trust_remote_code=False: None)
+    monkeypatch.setattr("harness.runner.check_local", lambda model, trust_remote_code=False, architecture=True: None)
     bridged(task_dir, tmp_path, samples=3, seeds=(5,), gen_kwargs={"temperature": 0.7, "max_new_tokens": 3})
     generated = counting[0].generated
     assert len(generated) == 6 * 3  # lm-eval's `repeats` from --samples
