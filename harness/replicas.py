@@ -116,6 +116,7 @@ def _pin(kind: str, units: list[int]) -> None:
 def _serve(rank: int, kind: str, units: list[int], model: str, config: Any, tasks, results) -> None:
     """One replica: load the model on its devices, then answer chunks until told to stop or orphaned."""
     parent = os.getppid()
+    results.cancel_join_thread()  # exiting must not wait for a parent that stopped reading
     _pin(kind, units)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine lives and dies with this process
     from harness.runner import open_backend
@@ -149,6 +150,7 @@ class Replicas:
         self.name, self.identity, self.path = ref.name, ref.identity, ref.path
         self._model, self._config, self._count = model, config, count
         self._workers: list[tuple[Any, Any]] = []  # (process, its job queue)
+        self._results: Any = None  # the queue every replica answers on
         self._chunk_size = 0
 
     chat_prompt = Backend.chat_prompt
@@ -218,9 +220,13 @@ class Replicas:
         for process, jobs in self._workers:
             if process.is_alive():
                 jobs.put(None)
-        for process, _ in self._workers:
+        for process, jobs in self._workers:
             process.join(timeout=30)
             if process.is_alive():
                 process.kill()
                 process.join()
-        self._workers = []
+            jobs.close()
+        if self._workers:
+            self._results.close()
+        # Dropping the queues frees their semaphores now, even while a traceback still holds this object.
+        self._workers, self._results = [], None
