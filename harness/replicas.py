@@ -11,9 +11,10 @@ backend here only has to answer chunks of one call kind ("generate", "loglikelih
   computes, and every request carries its own seed, so answers are those of N = 1 (on CPUs, float sums may
   still differ in the last bits when the thread counts differ). The parent commits each chunk to the cache as it
   arrives; if a replica dies, the run stops with one line and a rerun computes only the chunks never committed.
-  vLLM replicas are one engine per process, the route vLLM 0.32 documents for offline data parallelism of dense
-  models (its `LLM` refuses `data_parallel_size > 1` in one process); the engine runs inside the replica's
-  process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so killing a replica leaves no orphaned engine behind.
+  vLLM replicas are one engine per process, as in vLLM's offline data-parallel example (its `LLM` refuses
+  `data_parallel_size > 1` in one process), without the example's rank group, which only exists to align the
+  forward passes of MoE ranks and would make each replica wait for the others. The engine runs inside the
+  replica's process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so killing a replica leaves no orphaned engine behind.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import functools
 import multiprocessing
 import os
 import queue
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -116,7 +118,6 @@ def _pin(kind: str, units: list[int]) -> None:
 def _serve(rank: int, kind: str, units: list[int], model: str, config: Any, tasks, results) -> None:
     """One replica: load the model on its devices, then answer chunks until told to stop or orphaned."""
     parent = os.getppid()
-    results.cancel_join_thread()  # exiting must not wait for a parent that stopped reading
     _pin(kind, units)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine lives and dies with this process
     from harness.runner import open_backend
@@ -220,11 +221,17 @@ class Replicas:
         for process, jobs in self._workers:
             if process.is_alive():
                 jobs.put(None)
+        deadline = time.monotonic() + 30
+        while any(process.is_alive() for process, _ in self._workers) and time.monotonic() < deadline:
+            try:  # answers of a call given up on: read, so that the replicas can flush them and exit
+                self._results.get(timeout=0.5)
+            except queue.Empty:
+                continue
         for process, jobs in self._workers:
-            process.join(timeout=30)
             if process.is_alive():
                 process.kill()
-                process.join()
+            process.join()
+            jobs.cancel_join_thread()  # jobs a dead replica never took must not hold this process at exit
             jobs.close()
         if self._workers:
             self._results.close()

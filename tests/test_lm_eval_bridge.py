@@ -261,7 +261,7 @@ def counting(monkeypatch, real_backend):
         made.append(CountingBackend(real_backend))
         return made[-1]
 
-    def resolve(model, trust_remote_code=False):
+    def resolve(model, trust_remote_code=False, architecture=True):
         return ModelRef(real_backend.path, real_backend.name, real_backend.identity)
 
     monkeypatch.setattr(runner, "load", load)

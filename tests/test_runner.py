@@ -55,7 +55,7 @@ def backends(monkeypatch):
         made.append(ScriptedBackend(model))
         return made[-1]
 
-    def fake_resolve(model, trust_remote_code=False):  # what the runner knows before loading: name and weights
+    def fake_resolve(model, trust_remote_code=False, architecture=True):  # what the runner knows before loading
         return ModelRef(path=Path(model), name="scripted", identity=f"weights-of-{model}")
 
     monkeypatch.setattr(runner, "load", fake_load)
