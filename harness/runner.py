@@ -223,7 +223,8 @@ def scores_cached(backend, method: str, pairs: list[tuple[str, str]], cache: sto
     """`backend.loglikelihood` or `backend.token_logprobs` through the same cache: keyed by the weights, the call,
     its options and the exact (context, continuation), committed chunk by chunk."""
     keys = [store.request_key(backend.identity, {method: list(pair), **kwargs}) for pair in pairs]
-    return answer_cached(backend, keys, method, pairs, kwargs, cache, progress, desc, unit="request")
+    unit = "option" if method == "loglikelihood" else "request"
+    return answer_cached(backend, keys, method, pairs, kwargs, cache, progress, desc, unit)
 
 
 def request_seed(run_seed: int, document: int) -> int:
