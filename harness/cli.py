@@ -19,6 +19,7 @@ EPILOG_EVAL = """examples:
   harness eval --model Qwen/Qwen2.5-0.5B --tasks dolly --backend vllm --limit 50
   harness eval --model ./ckpt --tasks dolly --seeds 10 --gen-kwargs temperature=0,max_new_tokens=128
   harness eval --model ./ckpt --tasks icl_cls --data-dir ../shared/data --num-fewshot 8
+  harness eval --model ./ckpt --tasks instruct --data-dir ../shared/data --data-parallel 8   one replica per GPU
 """
 
 
@@ -69,6 +70,9 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "max_new_tokens, no_repeat_ngram_size, stop, do_sample, e.g. temperature=0,max_new_tokens=128")
     add("--teacher", help="teacher checkpoint, for tasks that compare the model with a teacher")
     add("--batch-size", type=int, help="batch size of the transformers backend (default: 32)")
+    add("--data-parallel", type=int, metavar="N", help="N model replicas in their own processes, one per GPU (or "
+        "per --tensor-parallel-size GPUs), on a CPU machine each on its share of the cores; requests are shared "
+        "out in fixed chunks and results equal those of one replica (default: 1)")
     add("--device", help="cpu, cuda, cuda:1 ... (default: a GPU when present)")
     add("--dtype", help="auto (default), float32, bfloat16, float16")
     add("--trust-remote-code", action="store_true", default=None, help="allow checkpoints that ship Python code")
@@ -93,14 +97,12 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     vllm = parser.add_argument_group("vLLM engine options")
     vllm.add_argument("--tensor-parallel-size", type=int)
-    vllm.add_argument("--data-parallel-size", type=int)
     vllm.add_argument("--gpu-memory-utilization", type=float)
     vllm.add_argument("--max-model-len", type=int)
     vllm.add_argument("--enforce-eager", action="store_true", default=None)
 
 
-_ENGINE_OPTIONS = ("tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization", "max_model_len",
-                   "enforce_eager")
+_ENGINE_OPTIONS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")
 
 
 def eval_config_from_args(args: argparse.Namespace, recipe: bool = False):

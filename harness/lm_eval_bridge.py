@@ -34,7 +34,6 @@ identical requests; each gets its own seed), so a sample never depends on its ba
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -98,27 +97,23 @@ class HarnessLM(LM):
         self.gen_kwargs = gen_kwargs or {}
         self.seeds = seeds
 
-    def _cached(self, kind: str, pairs: list[tuple[str, str]], compute) -> list[Any]:
-        """`compute(pairs)` served from the cache where it holds the answer; new answers committed per chunk."""
-        from harness.runner import answer_cached
+    def _cached(self, kind: str, pairs: list[tuple[str, str]]) -> list[Any]:
+        """`backend.<kind>(pairs)` served from the cache where it holds the answer; new answers committed per
+        chunk."""
+        from harness.replicas import answer
+        from harness.runner import scores_cached
 
         if self.cache is None:
-            return compute(pairs)
-        keys = [store.request_key(self.backend.identity, {kind: list(pair)}) for pair in pairs]
-        return answer_cached(self.backend, keys, lambda part: compute([pairs[i] for i in part]), self.cache,
-                             self.progress, desc=kind, unit="request")
+            return answer(self.backend, kind, pairs, {})
+        return scores_cached(self.backend, kind, pairs, self.cache, self.progress, desc=kind)
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        def compute(pairs):
-            return [dataclasses.asdict(r) for r in self.backend.loglikelihood(pairs, progress=self.progress)]
-
-        results = self._cached("loglikelihood", [tuple(request.args) for request in requests], compute)
+        results = self._cached("loglikelihood", [tuple(request.args) for request in requests])
         return [(result["logprob"], result["is_greedy"]) for result in results]
 
     def loglikelihood_rolling(self, requests) -> list[float]:
         texts = [request.args[0] for request in requests]
-        token_logprobs = self._cached("token_logprobs", [("", text) for text in texts],
-                                      lambda pairs: self.backend.token_logprobs(pairs, progress=self.progress))
+        token_logprobs = self._cached("token_logprobs", [("", text) for text in texts])
         self._warn_if_cut(texts, token_logprobs)
         return [sum(logprobs) for logprobs in token_logprobs]
 

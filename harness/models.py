@@ -9,7 +9,9 @@ file contents instead. Weight files can be tens of GB, so for those we hash the 
 traceback after minutes: config.json must be a JSON object naming a known architecture, a config or tokenizer
 that declares its own Python code (`auto_map`) needs `trust_remote_code`, weights must exist, a safetensors file
 must hold a whole header and every tensor its header lists, and a pickled weight file (.bin/.pt) must load with
-torch's safe (`weights_only`) unpickler.
+torch's safe (`weights_only`) unpickler. The architecture name is looked up in transformers' own list, which takes
+seconds to import: a run that may be served from its cache checks everything else first (`architecture=False`)
+and the architecture when the model loads, before any weight is read.
 
 A soft prompt is a PEFT prompt-tuning adapter folder (`adapter_config.json`, `adapter_model.safetensors`) that
 names its base model. It resolves to the base model's folder plus the adapter; its identity digests both, so two
@@ -162,7 +164,7 @@ def _weight_files(folder: Path) -> list[Path]:
                            if not path.name.startswith(("training_args", "optimizer", "scheduler", "rng")))
 
 
-def check_checkpoint(folder: Path, trust_remote_code: bool = False) -> None:
+def check_checkpoint(folder: Path, trust_remote_code: bool = False, architecture: bool = True) -> None:
     """Everything about an HF-format folder that can be known without loading it (see the module docstring)."""
     config = _read_json(folder / "config.json")
     tokenizer_config = folder / "tokenizer_config.json"
@@ -171,7 +173,7 @@ def check_checkpoint(folder: Path, trust_remote_code: bool = False) -> None:
         raise HarnessError(f"{folder} declares its own Python code (auto_map), which runs only when asked: pass "
                            "--trust-remote-code to `harness eval` if you trust its source (training loads built-in "
                            "architectures only)")
-    if not declares_code:
+    if architecture and not declares_code:
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
         if config.get("model_type") not in CONFIG_MAPPING_NAMES:
@@ -223,7 +225,7 @@ def check_prompt_width(adapter: Path, base_folder: Path) -> None:
                            f"base_model_name_or_path in {ADAPTER_CONFIG})")
 
 
-def check_adapter(folder: Path, trust_remote_code: bool = False) -> None:
+def check_adapter(folder: Path, trust_remote_code: bool = False, architecture: bool = True) -> None:
     """A soft-prompt folder: PEFT prompt tuning, its weights readable, its base found and matching its width."""
     peft_type = _read_json(folder / ADAPTER_CONFIG).get("peft_type")
     if peft_type != "PROMPT_TUNING":
@@ -238,40 +240,40 @@ def check_adapter(folder: Path, trust_remote_code: bool = False) -> None:
                            f"back there or set base_model_name_or_path in {folder / ADAPTER_CONFIG}")
     if adapter_base(base) is not None:
         raise HarnessError(f"the base model {base} of {folder} is itself an adapter: name a full checkpoint")
-    base_folder = check_local(base, trust_remote_code)
+    base_folder = check_local(base, trust_remote_code, architecture)
     if base_folder is not None:
         check_prompt_width(folder, base_folder)
 
 
-def check_local(model: str, trust_remote_code: bool = False) -> Path | None:
+def check_local(model: str, trust_remote_code: bool = False, architecture: bool = True) -> Path | None:
     """The checkpoint folder if `model` is local, None if it is a hub id; a broken local checkpoint is an error.
     A soft-prompt folder is checked with its base model."""
     local = Path(os.path.expanduser(model))
     if local.exists():
         if local.is_dir() and is_adapter(local):
-            check_adapter(local, trust_remote_code)
+            check_adapter(local, trust_remote_code, architecture)
             return local
         if not (local / "config.json").is_file():
             raise HarnessError(f"{model} has no config.json: pass a folder saved with save_pretrained()")
-        check_checkpoint(local, trust_remote_code)
+        check_checkpoint(local, trust_remote_code, architecture)
         return local
     if _looks_like_path(model):
         raise HarnessError(f"no checkpoint at {model}: check the path, or pass a hub id such as gpt2")
     return None
 
 
-def resolve(model: str, trust_remote_code: bool = False) -> ModelRef:
+def resolve(model: str, trust_remote_code: bool = False, architecture: bool = True) -> ModelRef:
     """A local folder is used as it is; anything else is tried as a hub id (downloaded once to the hub cache)."""
     base = adapter_base(model)
     if base is not None:
-        adapter = check_local(model, trust_remote_code)
+        adapter = check_local(model, trust_remote_code, architecture)
         assert adapter is not None
-        ref = resolve(base, trust_remote_code)
+        ref = resolve(base, trust_remote_code, architecture)
         check_prompt_width(adapter, ref.path)  # a hub base is only known once downloaded
         identity = hashlib.sha256(f"{ref.identity} {model_identity(adapter)}".encode()).hexdigest()
         return ModelRef(path=ref.path, name=display_name(model, adapter), identity=identity, adapter=adapter)
-    folder = check_local(model, trust_remote_code)
+    folder = check_local(model, trust_remote_code, architecture)
     if folder is None:
         folder = _download(model)
-        check_checkpoint(folder, trust_remote_code)
+        check_checkpoint(folder, trust_remote_code, architecture)
     return ModelRef(path=folder, name=display_name(model, folder), identity=model_identity(folder))

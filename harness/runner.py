@@ -15,7 +15,6 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -28,8 +27,9 @@ from harness.backends import GenerationRequest, SamplingSettings, load
 from harness.config import to_dict
 from harness.data import MissingData, load_docs, load_pool
 from harness.errors import HarnessError
-from harness.models import check_local
+from harness.models import check_local, resolve
 from harness.registry import LM_EVAL_PREFIX, expand, get_task, suite_protocol
+from harness.replicas import LazyBackend, Replicas, answer
 from harness.task import ChoicePrediction, Doc, EvalContext, SampleScores, Task, TaskResult
 from harness.validation import check_eval_config, check_sampling
 
@@ -55,6 +55,7 @@ class EvalConfig:
     dtype: str = "auto"
     trust_remote_code: bool = False
     backend_options: dict[str, Any] = field(default_factory=dict)  # e.g. tensor_parallel_size for vLLM
+    data_parallel: int = 1  # model replicas, each in its own process on its own GPU(s) or CPU cores
     overwrite: bool = False
     progress: bool = True
     chat_template: bool = False  # wrap generation prompts in the model's chat template (one user turn)
@@ -195,47 +196,52 @@ def plan_task(task: Task, config: EvalConfig, data_dir: str | None) -> Planned:
 # ----- stage 2: ask the model ------------------------------------------------------------------------------------
 
 
-def answer_cached(backend, keys: list[str], compute: Callable[[list[int]], list[dict]], cache: store.GenerationCache,
-                  progress: bool, desc: str, unit: str) -> list[dict]:
+def answer_cached(backend, keys: list[str], method: str, inputs: list, kwargs: dict[str, Any],
+                  cache: store.GenerationCache, progress: bool, desc: str, unit: str) -> list[Any]:
     """The answer to each request key: what the cache holds is served, the rest is computed chunk by chunk
-    (`compute(indices)`) and each chunk committed in one transaction, so `kill -9` loses at most one chunk."""
+    (`backend.<method>` on the inputs of the missing keys, in this process or on the data-parallel replicas) and
+    each chunk committed in one transaction, so `kill -9` loses at most one chunk per replica. Nothing is asked of
+    the backend when every key is cached: a lazily opened model is then never loaded."""
     answers = cache.get_many(keys)
     first = {key: i for i, key in reversed(list(enumerate(keys)))}  # a repeated request is answered once
     missing = [i for i, key in enumerate(keys) if key not in answers and first[key] == i]
-    if answers and missing and progress:
+    if not missing:
+        return [answers[key] for key in keys]
+    if answers and progress:
         print(f"{desc}: resuming, {len(answers)} of {len(first)} {unit}s found in the cache", file=sys.stderr)
     chunk = getattr(backend, "chunk_size", 256)
+    parts = [missing[start : start + chunk] for start in range(0, len(missing), chunk)]
     with tqdm(total=len(first), initial=len(first) - len(missing), desc=desc, unit=unit, disable=not progress) as bar:
-        for start in range(0, len(missing), chunk):
-            part = missing[start : start + chunk]
-            new = {keys[i]: answer for i, answer in zip(part, compute(part))}
+        for index, new_answers in answer_chunks(backend, method, [[inputs[i] for i in part] for part in parts], kwargs):
+            new = {keys[i]: value for i, value in zip(parts[index], new_answers, strict=True)}
             cache.put_many(new)
             answers.update(new)
-            bar.update(len(part))
+            bar.update(len(new))
     return [answers[key] for key in keys]
+
+
+def answer_chunks(backend, method: str, chunks: list[list], kwargs: dict[str, Any]):
+    """(chunk index, answers) as each chunk is answered: by the backend's own dispatch when it has one (lazy and
+    data-parallel backends), else here in order."""
+    if hasattr(type(backend), "answer_chunks"):
+        return backend.answer_chunks(method, chunks, kwargs)
+    return ((index, answer(backend, method, part, kwargs)) for index, part in enumerate(chunks))
 
 
 def generate_cached(backend, requests: list[GenerationRequest], cache: store.GenerationCache, progress: bool,
                     desc: str) -> list[dict]:
     """Answer `requests`, serving what the cache holds and committing new answers chunk by chunk."""
     keys = [store.request_key(backend.identity, dataclasses.asdict(request)) for request in requests]
-
-    def compute(part: list[int]) -> list[dict]:
-        return [dataclasses.asdict(c) for c in backend.generate([requests[i] for i in part], progress=False)]
-
-    return answer_cached(backend, keys, compute, cache, progress, desc, unit="generation")
+    return answer_cached(backend, keys, "generate", requests, {}, cache, progress, desc, unit="generation")
 
 
-def loglikelihood_cached(backend, pairs: list[tuple[str, str]], cache: store.GenerationCache, progress: bool,
-                         desc: str) -> list[dict]:
-    """`backend.loglikelihood` through the same cache: keyed by the weights and the exact (context,
-    continuation), committed chunk by chunk."""
-    keys = [store.request_key(backend.identity, {"loglikelihood": list(pair)}) for pair in pairs]
-
-    def compute(part: list[int]) -> list[dict]:
-        return [dataclasses.asdict(r) for r in backend.loglikelihood([pairs[i] for i in part], progress=False)]
-
-    return answer_cached(backend, keys, compute, cache, progress, desc, unit="option")
+def scores_cached(backend, method: str, pairs: list[tuple[str, str]], cache: store.GenerationCache, progress: bool,
+                  desc: str, **kwargs: Any) -> list[Any]:
+    """`backend.loglikelihood` or `backend.token_logprobs` through the same cache: keyed by the weights, the call,
+    its options and the exact (context, continuation), committed chunk by chunk."""
+    keys = [store.request_key(backend.identity, {method: list(pair), **kwargs}) for pair in pairs]
+    unit = "option" if method == "loglikelihood" else "request"
+    return answer_cached(backend, keys, method, pairs, kwargs, cache, progress, desc, unit)
 
 
 def request_seed(run_seed: int, document: int) -> int:
@@ -276,15 +282,16 @@ def run_choices(task: Task, docs: list[Doc], prompts: list[list[str]], backend, 
     options = [tuple(task.choices(doc)) for doc in docs]
     pairs = [(prompt, option) for doc_prompts, opts in zip(prompts, options) for prompt in doc_prompts
              for option in opts]
-    results = iter(loglikelihood_cached(backend, pairs, cache, config.progress, desc=task.name))
+    results = iter(scores_cached(backend, "loglikelihood", pairs, cache, config.progress, desc=task.name))
     return [[ChoicePrediction([next(results)["logprob"] for _ in opts], opts, prompt) for prompt in doc_prompts]
             for doc_prompts, opts in zip(prompts, options)]
 
 
-def reference_losses(task: Task, docs: list[Doc], backend, config: EvalConfig) -> list[float]:
+def reference_losses(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) -> list[float]:
     """Teacher-forced mean token NLL of the first reference given the prompt."""
     pairs = [(task.prompt(doc), task.references(doc)[0]) for doc in docs]
-    token_logprobs = backend.token_logprobs(pairs, progress=config.progress, move_whitespace=False)
+    token_logprobs = scores_cached(backend, "token_logprobs", pairs, cache, config.progress,
+                                   desc=f"{task.name} reference loss", move_whitespace=False)
     return [-sum(lps) / len(lps) if lps else 0.0 for lps in token_logprobs]
 
 
@@ -348,7 +355,7 @@ def score_task(item: Planned, backend, cache, config: EvalConfig) -> TaskResult:
     sampling = sampling_for(task, config) if task.sampling is not None else None
     seeds = seeds_for(task, config, sampling)
     prompts, predictions, lengths = predict(item, seeds, backend, cache, config)
-    losses = reference_losses(task, docs, backend, config) if task.reference_loss else None
+    losses = reference_losses(task, docs, backend, cache, config) if task.reference_loss else None
     scored = score_predictions(task, docs, predictions)
     samples = []
     for doc_id, (doc, doc_predictions) in enumerate(zip(docs, predictions)):
@@ -423,10 +430,20 @@ def write_result(folder: Path, task: Task, result: TaskResult, backend, name: st
 
 
 def open_backend(model: str, config: EvalConfig):
+    """The backend of `model`, loaded now in this process."""
     options = {"trust_remote_code": config.trust_remote_code, **config.backend_options}
     if config.backend in ("hf", "auto"):
         options.update(batch_size=config.batch_size, device=config.device, dtype=config.dtype)
     return load(model, backend=config.backend, **options)
+
+
+def model_backend(model: str, config: EvalConfig, data_parallel: int = 1):
+    """The model as the run holds it: named and identified now, loaded only when a request is not in the cache,
+    in this process or as `data_parallel` replicas in their own processes (`harness.replicas`)."""
+    ref = resolve(model, config.trust_remote_code, architecture=False)
+    if data_parallel > 1:
+        return Replicas(ref, model, config, data_parallel)
+    return LazyBackend(ref, lambda: open_backend(model, config))
 
 
 def evaluate(config: EvalConfig) -> list[Path]:
@@ -434,7 +451,8 @@ def evaluate(config: EvalConfig) -> list[Path]:
     check_eval_config(config)
     for checkpoint in (config.model, config.teacher):
         if checkpoint:
-            check_local(checkpoint, config.trust_remote_code)  # a broken checkpoint fails before any data loads
+            # a broken checkpoint fails before any data loads; its architecture is checked when it loads
+            check_local(checkpoint, config.trust_remote_code, architecture=False)
     planned = plan(config)
     model = config.model
     if model is None:
@@ -443,8 +461,8 @@ def evaluate(config: EvalConfig) -> list[Path]:
         model = str(tiny.build(progress=config.progress).teacher)
         config = dataclasses.replace(config, name=config.name or "tiny-teacher")
     root = Path(config.output_dir)
-    backend = open_backend(model, config)
-    teacher = open_backend(config.teacher, config) if config.teacher else None
+    backend = model_backend(model, config, config.data_parallel)
+    teacher = model_backend(config.teacher, config) if config.teacher else None
     name = config.name or backend.name
     cache = store.GenerationCache(root / ".cache" / "generations.sqlite")
     folders = [store.task_dir(root, name, item.task.name) for item in planned]

@@ -108,6 +108,7 @@ def check_eval_config(config: Any) -> None:
         raise HarnessError(f"--length-tokenizer {config.length_tokenizer} is not a folder: pass a local tokenizer "
                            "folder (e.g. a GPT-2 checkpoint's)")
     check_backend_options(config.backend_options)
+    check_data_parallel(config.data_parallel, config.device, config.backend_options.get("tensor_parallel_size", 1))
     check_writable_folder(config.output_dir, "--output-dir")
 
 
@@ -119,8 +120,22 @@ def check_protocol(name: str) -> None:
         raise HarnessError(f"unknown --protocol {name!r}: use one of {', '.join(known)}")
 
 
+def check_data_parallel(replicas: Any, device: str | None, tensor_parallel_size: int = 1) -> None:
+    """One replica per GPU (per `tensor_parallel_size` GPUs), or per CPU core on a machine without GPUs."""
+    whole("--data-parallel", replicas)
+    if replicas == 1:
+        return
+    from harness.replicas import available_devices
+
+    kind, groups = available_devices(device, tensor_parallel_size)
+    if replicas > len(groups):
+        what = "CPU cores" if kind == "cpu" else f"groups of {tensor_parallel_size} GPU(s)"
+        raise HarnessError(f"--data-parallel {replicas} needs one of the {len(groups)} {what} here per replica: "
+                           f"pass --data-parallel {len(groups)} or less")
+
+
 def check_backend_options(options: dict[str, Any]) -> None:
-    for key in ("tensor_parallel_size", "data_parallel_size", "max_model_len"):
+    for key in ("tensor_parallel_size", "max_model_len"):
         if key in options:
             whole(f"--{key.replace('_', '-')}", options[key])
     if "gpu_memory_utilization" in options:

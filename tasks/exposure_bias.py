@@ -43,15 +43,17 @@ REPORTED_LENGTHS = (10, 50, 100, 150, 200)
 
 def _hf_backends(ctx: EvalContext) -> tuple[Any, Any]:
     from harness.backends.hf import HFBackend
+    from harness.replicas import loaded
 
     if ctx.teacher is None:
         raise HarnessError("exposure bias compares the model with a teacher: pass --teacher CKPT")
-    if not isinstance(ctx.backend, HFBackend) or not isinstance(ctx.teacher, HFBackend):
+    model, teacher = loaded(ctx.backend), loaded(ctx.teacher)
+    if not isinstance(model, HFBackend) or not isinstance(teacher, HFBackend):
         raise HarnessError("exposure bias needs full next-token distributions: run it with --backend hf")
-    if ctx.backend.tokenizer.get_vocab() != ctx.teacher.tokenizer.get_vocab():
+    if model.tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
         raise HarnessError("exposure bias compares next-token distributions token by token: the teacher must use "
                            "the model's tokenizer")
-    return ctx.backend, ctx.teacher
+    return model, teacher
 
 
 def _sampling_options(settings: Any) -> tuple[int, int]:

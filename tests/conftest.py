@@ -122,6 +122,9 @@ def broken_checkpoint(source: Path, folder: Path, kind: str) -> Path:
         (folder / "modeling_evil.py").write_text(f"open({str(folder / PLANTED)!r}, 'w')\n")
     elif kind == "bad-config":
         (folder / "config.json").write_text('{"model_type": "llama", ')
+    elif kind == "unknown-architecture":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
     else:
         raise ValueError(kind)
     return folder

@@ -41,6 +41,8 @@ def shared_data_rows():
     (["eval", "--model", "MODEL", "--tasks", "dolly", "--data-dir", "/nonexistent"], "dolly/valid.jsonl"),
     (["eval", "--model", "MODEL", "--tasks", "dolly", "--gen-kwargs", "tempreature=1"], "unknown --gen-kwargs key"),
     (["eval", "--model", "MODEL", "--config", "/nonexistent.yaml"], "no config file at /nonexistent.yaml"),
+    (["eval", "--model", "MODEL", "--data-parallel", "0"], "--data-parallel must be a whole number >= 1, not 0"),
+    (["eval", "--model", "MODEL", "--data-parallel", "999", "--device", "cpu"], "pass --data-parallel"),
     (["report", "--output-dir", "/nonexistent"], "no results under /nonexistent"),
     (["train", "sft", "model=./no-such-ckpt"], "no checkpoint at ./no-such-ckpt"),
     (["train", "kd", "model=MODEL", "teacher=/no/teacher"], "no checkpoint at /no/teacher"),

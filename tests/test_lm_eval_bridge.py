@@ -9,6 +9,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.lm_eval_bridge import HarnessLM, plain_metrics, sampling_from_lm_eval
+from harness.models import ModelRef
 from harness.reports.leaderboard import load_entries
 from harness.runner import EvalConfig, evaluate
 
@@ -260,7 +261,11 @@ def counting(monkeypatch, real_backend):
         made.append(CountingBackend(real_backend))
         return made[-1]
 
+    def resolve(model, trust_remote_code=False, architecture=True):
+        return ModelRef(real_backend.path, real_backend.name, real_backend.identity)
+
     monkeypatch.setattr(runner, "load", load)
+    monkeypatch.setattr(runner, "resolve", resolve)
     return made
 
 
@@ -271,16 +276,16 @@ def bridged(task_dir, root, **changes):
 
 
 def test_lm_eval_requests_go_through_the_cache(task_dir, tmp_path, counting, monkeypatch):
-    monkeypatch.setattr("harness.runner.check_local", lambda model, trust_remote_code=False: None)
+    monkeypatch.setattr("harness.runner.check_local", lambda model, trust_remote_code=False, architecture=True: None)
     first = bridged(task_dir, tmp_path)
     assert len(counting[0].scored) == 40 and len(counting[0].generated) == 6  # 10 docs x 4 options, 6 docs
     second = bridged(task_dir, tmp_path, overwrite=True)
-    assert counting[1].scored == [] and counting[1].generated == []  # a rerun recomputes nothing
+    assert len(counting) == 1  # a rerun recomputes nothing and loads no model
     assert first == second
 
 
 def test_samples_seeds_and_gen_kwargs_reach_lm_eval_requests(task_dir, tmp_path, counting, monkeypatch):
-    monkeypatch.setattr("harness.runner.check_local", lambda model, trust_remote_code=False: None)
+    monkeypatch.setattr("harness.runner.check_local", lambda model, trust_remote_code=False, architecture=True: None)
     bridged(task_dir, tmp_path, samples=3, seeds=(5,), gen_kwargs={"temperature": 0.7, "max_new_tokens": 3})
     generated = counting[0].generated
     assert len(generated) == 6 * 3  # lm-eval's `repeats` from --samples

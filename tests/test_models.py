@@ -36,6 +36,19 @@ def test_eval_of_a_broken_checkpoint_is_one_line(kind, message, random_model, tm
     assert not (folder / PLANTED).exists() and not (tmp_path / "runs").exists()
 
 
+def test_an_unknown_architecture_is_refused_before_any_weight_loads(random_model, tmp_path, capsys):
+    """Looking the architecture up imports transformers, so `harness eval` does it when the model loads (a run
+    served from its cache never does): still one line, and no results."""
+    folder = broken_checkpoint(random_model, tmp_path / "unknown", "unknown-architecture")
+    with pytest.raises(HarnessError, match="names no architecture transformers knows"):
+        check_local(str(folder))
+    runs = tmp_path / "runs"
+    assert main(["eval", "--model", str(folder), "--tasks", "synth", "--limit", "2", "--output-dir", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "names no architecture" in err and "\n" not in err
+    assert not list(runs.glob("*/*/results.json"))
+
+
 def test_custom_code_loads_when_trusted_and_a_good_checkpoint_passes(random_model, tmp_path):
     assert check_local(str(random_model)) == random_model
     folder = broken_checkpoint(random_model, tmp_path / "custom", "custom-code")

@@ -22,8 +22,8 @@ Several GPUs and several nodes:
   on the others), then run the harness on the head node with `distributed_executor_backend="ray"` and
   tensor_parallel_size * pipeline_parallel_size equal to the number of GPUs in the cluster.
 - Data parallelism (independent replicas): vLLM 0.32's offline `LLM` refuses `data_parallel_size > 1` in one
-  process, so this backend does too. Run one harness process per replica instead, each pinned to its GPUs
-  with CUDA_VISIBLE_DEVICES and given its own share of the tasks; or use tensor parallelism.
+  process, so this backend does too; `harness eval --data-parallel N` runs one engine per replica process
+  instead (`harness.replicas`).
 
 Scripts that build this backend must guard their entry point with `if __name__ == "__main__":`, because vLLM
 starts its engine in child processes.
@@ -136,8 +136,8 @@ class VLLMBackend(Backend):
     ) -> None:
         if data_parallel_size != 1:
             raise HarnessError(
-                "vLLM's offline engine runs one data-parallel replica per process: use tensor_parallel_size, "
-                "or run one harness process per replica with CUDA_VISIBLE_DEVICES"
+                "vLLM's offline engine runs one data-parallel replica per process: pass --data-parallel N to "
+                "`harness eval` (one engine per replica process), or use tensor_parallel_size"
             )
         ref = resolve(model, trust_remote_code)
         self.name, self.identity = ref.name, ref.identity

@@ -259,3 +259,57 @@ def test_a_huge_prompt_is_cut_before_tokenising_to_the_tokens_the_model_sees(bac
     monkeypatch.setattr(backend, "tokenizer", spy)
     assert backend._prompt_ids([request]) == [seen]
     assert spy.longest < 1_000_000
+
+
+class Lent:
+    """The module's engine lent to one run: requests are counted, and the run does not close it."""
+
+    def __init__(self, backend):
+        self.backend, self.requests = backend, 0
+        self.name, self.identity = backend.name, backend.identity
+
+    def generate(self, requests, progress=True):
+        self.requests += len(requests)
+        return self.backend.generate(requests, progress)
+
+    def token_logprobs(self, requests, progress=True, move_whitespace=True):
+        self.requests += len(requests)
+        return self.backend.token_logprobs(requests, progress, move_whitespace)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.slow
+def test_two_engine_replicas_match_one_engine_and_a_killed_one_is_finished_from_the_cache(backend, teacher_path,
+                                                                                          tmp_path, monkeypatch):
+    """`--data-parallel 2 --backend vllm`: one engine per replica process. Replica 0 holds the first chunk of
+    generations and the reference-loss log-probs; it is killed after the first answers are committed. The rerun,
+    on this module's engine in this process, computes only what never reached the cache, and every result equals
+    the same run on one engine."""
+    import dataclasses
+
+    from harness import runner
+    from tests.test_replicas import kill_one_replica_after_cached, results
+
+    args = ["eval", "--model", str(teacher_path), "--backend", "vllm", "--enforce-eager", "--tasks", "synth",
+            "--limit", "60", "--no-progress", "--data-parallel", "2"]  # 300 generations: chunks of 256 and 44
+    returncode, stderr, done_before = kill_one_replica_after_cached(args, tmp_path / "dp", 1, replica=0)
+    assert returncode == 2 and "error: data-parallel replica 0" in stderr and 0 < done_before < 360, stderr
+
+    lent = Lent(backend)
+    monkeypatch.setattr(runner, "open_backend", lambda model, config: lent)
+    config = runner.EvalConfig(model=str(teacher_path), backend="vllm", tasks="synth", limit=60, progress=False,
+                               backend_options={"enforce_eager": True}, output_dir=str(tmp_path / "dp"))
+    runner.evaluate(config)
+    assert lent.requests == 300 + 60 - done_before
+    runner.evaluate(dataclasses.replace(config, output_dir=str(tmp_path / "single")))
+    [(dp_metrics, dp_samples)], [(metrics, samples)] = results(tmp_path / "dp"), results(tmp_path / "single")
+    assert [s["predictions"] for s in dp_samples] == [s["predictions"] for s in samples]
+    assert flat(dp_metrics) == pytest.approx(flat(metrics), rel=1e-6)  # other CPU thread counts: last bits
+
+
+def flat(metrics: dict) -> dict:
+    """Metric values one by one (an interval is a pair)."""
+    return {f"{name}[{i}]": value for name, values in metrics.items()
+            for i, value in enumerate(values if isinstance(values, list) else [values])}
