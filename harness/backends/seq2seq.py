@@ -13,7 +13,7 @@ context is not split at its trailing whitespace (SentencePiece drops it either w
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +84,11 @@ class Seq2SeqBackend(HFBackend):
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=self.device)
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=self.device)
         return ids, mask
+
+    def _decode(self, rows: list[_Row]) -> Iterator[_Row]:
+        """Fixed batches (the encoder runs once per batch), each decoded until its last row ends."""
+        for start in range(0, len(rows), self.batch_size):
+            yield from self._decode_batch(rows[start : start + self.batch_size])
 
     @torch.inference_mode()
     def _decode_batch(self, rows: list[_Row]) -> list[_Row]:
