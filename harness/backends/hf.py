@@ -8,18 +8,22 @@ the batch is scheduled by us:
   its KV-cache row is copied for each sample, which then draws its first token from the shared logits;
 - continuous batching: a finished row leaves the batch and the cache at once, and when a quarter of the slots are
   free the next prompts are encoded and their rows join, left-padded to the batch's cache width (the columns that
-  are padding for every row are dropped as rows leave).
+  are padding for every row are dropped as rows leave);
+- the cache keeps room at its end for the next tokens instead of concatenating (a copy of the whole cache per layer
+  and step).
 Since a row's tokens depend only on its own prompt, seed and logits, none of this changes a sample.
 
 Not used: a static cache with `torch.compile` (inductor on CPU) and transformers' `generate_batch`. Compiling the
-tiny teacher's decoding step took minutes on a 2-core CPU for a 2.5x cheaper step, which pays only after thousands
-of steps, and `generate_batch` draws every sample from one shared generator with one generation config for the
-whole call, so it cannot keep per-request seeds, stop strings or n-gram bans (see bench/README.md).
+tiny teacher's decoding step took minutes on a 2-core CPU for a 2-2.5x cheaper step, which pays only after
+thousands of steps; `generate_batch` draws every sample from one generator seeded once for the call, with one
+generation config for all requests, stops on end-of-sequence tokens only and does not list the n-gram ban among the
+logits processors it supports, so it cannot give our samples (see bench/README.md).
 """
 
 from __future__ import annotations
 
 import copy as copy_module
+import functools
 import itertools
 import math
 import os
@@ -47,6 +51,9 @@ from harness.models import resolve
 if TYPE_CHECKING:
     from transformers import DynamicCache
 
+# Continuous batching refills the batch once this share of its slots is free: each refill costs a forward pass of
+# its own, which for small models costs about as much as a decoding step of the whole batch.
+REFILL_SHARE = 0.25
 # Fewer shared tokens than this are cheaper to recompute than to copy (a cache copy per batch row).
 MIN_SHARED_PREFIX = 16
 
@@ -183,10 +190,50 @@ class _Batch:
                       [token for b in live for token in b.next_tokens], logits)
 
 
-def _cache(layers: list) -> DynamicCache:
-    from transformers import DynamicCache
+def _cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A decoding cache holding `layers` (keys and values per layer)."""
+    cache = _decoding_cache_class()()
+    for index, (keys, values) in enumerate(layers):
+        cache.update(keys, values, index)
+    return cache
 
-    return DynamicCache(ddp_cache_data=layers)
+
+@functools.cache
+def _decoding_cache_class() -> type:
+    """transformers' DynamicCache whose layers write each step into room kept at their end (transformers' own
+    layers concatenate: a copy of the whole cache per layer and step, which on a CPU cost more than the attention
+    over it). The room grows by half when it runs out; after rows are dropped or columns cut, the next step copies
+    the cache into new room."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class RoomyLayer(DynamicLayer):
+        key_room: torch.Tensor | None = None
+        value_room: torch.Tensor | None = None
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            length = self.get_seq_length()
+            end = length + key_states.shape[-2]
+            room = self.key_room
+            if room is None or self.keys.data_ptr() != room.data_ptr() or room.shape[0] != key_states.shape[0] \
+                    or end > room.shape[-2]:
+                shape = (*key_states.shape[:2], end + max(64, end // 2), key_states.shape[-1])
+                self.key_room, self.value_room = (key_states.new_empty(shape), value_states.new_empty(shape))
+                if length:
+                    self.key_room[:, :, :length] = self.keys
+                    self.value_room[:, :, :length] = self.values
+            self.key_room[:, :, length:end] = key_states
+            self.value_room[:, :, length:end] = value_states
+            self.keys, self.values = self.key_room[:, :, :end], self.value_room[:, :, :end]
+            return self.keys, self.values
+
+    class DecodingCache(DynamicCache):
+        def __init__(self):
+            Cache.__init__(self, layer_class_to_replicate=RoomyLayer)
+
+    return DecodingCache
 
 
 @dataclass
@@ -284,7 +331,7 @@ class HFBackend(Backend):
         waiting = deque(_Prompt(list(tokens), list(group))
                         for tokens, group in itertools.groupby(rows, key=lambda row: tuple(row.tokens)))
         batch = _Batch.empty()
-        refill = max(1, self.batch_size // 4)
+        refill = max(1, int(self.batch_size * REFILL_SHARE))
         while waiting or batch.rows:
             if waiting and (not batch.rows or self.batch_size - len(batch.rows) >= refill):
                 done: list[_Row] = []
@@ -340,7 +387,7 @@ class HFBackend(Backend):
         input_ids = torch.tensor([[pad] * (width - len(t)) + t for t in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in prompts], device=self.device)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                         use_cache=True, logits_to_keep=1)
+                         past_key_values=_cache([]), use_cache=True, logits_to_keep=1)
         return _Batch([], out.past_key_values, mask, [], out.logits[:, -1, :].float())
 
     def _next_tokens(self, active: list[_Row], logits: torch.Tensor, done: list[_Row]) -> tuple[list[int], list[int]]:

@@ -57,10 +57,14 @@ def test_seeded_sampling_ignores_batch_neighbours(backend):
 
 @contextmanager
 def forward_passes(model):
-    """(rows, whether it extends a KV cache) for every forward pass of `model` while the block runs."""
+    """(rows, whether it extends a filled KV cache) for every forward pass of `model` while the block runs."""
     passes: list[tuple[int, bool]] = []
-    handle = model.register_forward_pre_hook(lambda _, args, kwargs: passes.append(
-        (kwargs["input_ids"].shape[0], kwargs.get("past_key_values") is not None)), with_kwargs=True)
+
+    def record(_, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        passes.append((kwargs["input_ids"].shape[0], cache is not None and cache.get_seq_length() > 0))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         yield passes
     finally:
