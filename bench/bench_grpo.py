@@ -41,22 +41,12 @@ def ours(model: str, data: Path, steps: int, new_tokens: int, output: Path) -> f
 def trl_side(model: str, rows: list[dict], steps: int, new_tokens: int, output: Path) -> float:
     import datasets
     import trl
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.tasks.math import verify
 
     def reward(completions, answer, **_):
         return [s["correct"] for s in verify(list(answer), list(completions))]
-
-    class StepTimes(TrainerCallback):
-        def __init__(self):
-            self.marks = []
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.marks.append(time.perf_counter()) if not self.marks else None
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.marks.append(time.perf_counter())
 
     args = trl.GRPOConfig(output_dir=str(output), per_device_train_batch_size=PROMPTS_PER_STEP * GROUP,
                           num_generations=GROUP, gradient_accumulation_steps=1, steps_per_generation=1,
@@ -65,13 +55,32 @@ def trl_side(model: str, rows: list[dict], steps: int, new_tokens: int, output: 
                           lr_scheduler_type="constant", max_grad_norm=1.0, max_steps=steps, logging_steps=10_000,
                           save_strategy="no", report_to=[], use_cpu=True, bf16=False, disable_tqdm=True,
                           dataloader_num_workers=0, shuffle_dataset=False)
-    timer = StepTimes()
+    timer = step_timer()
     data = datasets.Dataset.from_list([{"prompt": row["prompt"], "answer": row["answer"]} for row in rows])
     trainer = trl.GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model), reward_funcs=reward, args=args,
                               processing_class=AutoTokenizer.from_pretrained(model), train_dataset=data,
                               callbacks=[timer])
     trainer.train()
     return (steps - 1) * PROMPTS_PER_STEP / (timer.marks[-1] - timer.marks[1])
+
+
+def step_timer():
+    """A TRL callback that marks the start of the first step and the end of every step: marks[1:] bound the
+    timed steps (the first is a warm-up)."""
+    from transformers import TrainerCallback
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.marks: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if not self.marks:
+                self.marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.marks.append(time.perf_counter())
+
+    return StepTimes()
 
 
 def main() -> None:

@@ -76,6 +76,17 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
     add("--chat-template", action="store_true", default=None,
         help="wrap each prompt in the model's chat template as one user turn (default: plain prompts)")
+    add("--protocol", metavar="NAME", help="a paper's evaluation protocol for the math tasks (prompt, decoding and "
+        "verifier together): default, trapo, qwen25-math-cot, simplerl (default: the suite's, e.g. trapo for "
+        "trapo5, else default); see docs/math.md")
+    analyses = parser.add_argument_group("MiniLLM analyses")
+    analyses.add_argument("--length-tokenizer", metavar="PATH", help="tokenizer folder that counts reference "
+                          "lengths for the S-NI/UnNI length buckets (GPT-2's in the paper; default: words)")
+    analyses.add_argument("--exposure-average", choices=["generating", "all"], help="ExAccErr: average each "
+                          "position over the samples still generating there (default, the released script) or "
+                          "over all samples, ended ones counting 0")
+    analyses.add_argument("--exposure-first-token", action="store_true", default=None, help="ExAccErr from the "
+                          "first response token (the released script starts at the second)")
     _add_engine_arguments(parser)
 
 
@@ -135,7 +146,7 @@ def print_summary(paths) -> None:
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    from harness.registry import get_suite, get_task, suites, task_names
+    from harness.registry import get_suite, get_task, protocols, suites, task_names
 
     for name in task_names():
         task = get_task(name)
@@ -145,9 +156,12 @@ def cmd_tasks(args: argparse.Namespace) -> None:
     for name, tasks in suites().items():
         suite = get_suite(name)
         about = f"  ({suite.description})" if suite and suite.description else ""
+        about += f"  [protocol: {suite.protocol}]" if suite and suite.protocol else ""
         print(f"suite {name:<10} {', '.join(tasks)}{about}")
         for task, levels in (suite.hierarchy.items() if suite else ()):
             print(f"    {task:<20} {' -> '.join(levels)}")
+    for name, source in protocols().items():
+        print(f"protocol {name:<16} {source}")
 
 
 def cmd_tiny(args: argparse.Namespace) -> None:
@@ -197,11 +211,26 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(path)
 
 
-RLVR_METHODS = ("grpo", "trapo")
+RLVR_METHODS = ("grpo", "trapo", "cropi")
+
+
+def format_speedup(record: dict) -> str:
+    """One line: the step speed-up of CROPI over full-data GRPO, with the spread one standard error allows."""
+    def times(value: float | None) -> str:
+        return "not reached" if value is None else f"{value:.2f}x"
+
+    line = (f"step speed-up: {times(record['speedup'])} to reach {record['baseline_final']:.2f} ({record['task']} main "
+            f"metric of grpo@{record['baseline_steps']}, standard error {record['baseline_stderr']:.2f}); "
+            f"{times(record['speedup_low_target'])} for one standard error less, "
+            f"{times(record['speedup_high_target'])} for one more")
+    if not record["baseline_improved"]:
+        line += (f"; but grpo ended below the initial policy ({record['initial']:.2f}), so this measures no learning "
+                 "speed-up")
+    return line
 
 
 def cmd_train_and_eval(args: argparse.Namespace) -> None:
-    from harness.pipeline import tiny_distillation, tiny_rlvr, train_and_evaluate
+    from harness.pipeline import step_speedup, tiny_cropi, tiny_distillation, tiny_rlvr, train_and_evaluate
     from harness.reports import write_leaderboard
 
     if args.tasks is None:
@@ -211,6 +240,10 @@ def cmd_train_and_eval(args: argparse.Namespace) -> None:
     if tiny and args.method in ("minillm", "trapo"):
         timings = tiny_distillation(evaluation) if args.method == "minillm" else tiny_rlvr(evaluation)
         print("stage seconds: " + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in timings.items()))
+    elif tiny and args.method == "cropi":
+        timings = tiny_cropi(evaluation)
+        print("stage seconds: " + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in timings.items()))
+        print(format_speedup(step_speedup(Path(evaluation.output_dir), args.tasks.split(",")[0])))
     else:
         train_and_evaluate(args.method, args.config, args.overrides, evaluation)
     for path in write_leaderboard(Path(evaluation.output_dir)):
@@ -218,7 +251,7 @@ def cmd_train_and_eval(args: argparse.Namespace) -> None:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("method", help="sft, kd, seqkd, minillm, grpo or trapo (or a plug-in trainer)")
+    parser.add_argument("method", help="sft, kd, seqkd, minillm, grpo, trapo or cropi (or a plug-in trainer)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe settings to override, e.g. lr=1e-4")
     parser.add_argument("--config", help="YAML recipe (default: configs/METHOD.yaml, the tiny CPU recipe)")
 
@@ -263,10 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "train, evaluate every checkpoint as soon as it is written, then write the leaderboard; "
                    "`harness train-and-eval minillm` alone runs the built-in tiny distillation recipe (teacher, "
                    "SFT-initialised student, SFT/KD/SeqKD/MiniLLM students) on the CPU in minutes; "
-                   "`harness train-and-eval trapo` alone the tiny RLVR recipe (GRPO, SFT-then-RL, TRAPO)")
+                   "`harness train-and-eval trapo` alone the tiny RLVR recipe (GRPO, SFT-then-RL, TRAPO); "
+                   "`harness train-and-eval cropi` alone full-data GRPO against CROPI, with the step speed-up")
     _add_train_arguments(both)
-    both.add_argument("--tasks", help="tasks evaluated at each checkpoint (default: math_synth for grpo and trapo, "
-                      "else synth)")
+    both.add_argument("--tasks", help="tasks evaluated at each checkpoint (default: math_synth for grpo, trapo and "
+                      "cropi, else synth)")
     both.add_argument("--output-dir", default="runs", help="results root (default: runs)")
     both.add_argument("--data-dir", help="data folder for the evaluation tasks")
     both.add_argument("--limit", type=int, help="evaluate only the first N rows of each task")

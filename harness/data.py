@@ -76,14 +76,20 @@ def read_label_lines(path: Path) -> list[Doc]:
     return rows
 
 
+def hub_rows(name: str, config: str | None = None, split: str = "train", data_files: str | None = None) -> list[Doc]:
+    """Every row of a hub dataset, or of a local dataset folder (`datasets.load_dataset` reads both); `split` takes
+    datasets' slicing syntax ("train[-64:]")."""
+    import datasets
+
+    return list(datasets.load_dataset(name, config, data_files=data_files, split=split))
+
+
 def _from_hub(source: DataSource, what: str) -> list[Doc]:
     try:
-        import datasets
-
         if source.hub_files:
-            dataset = datasets.load_dataset(source.hub_id, data_files=source.hub_files, split="train")
+            dataset = hub_rows(source.hub_id, data_files=source.hub_files)
         else:
-            dataset = datasets.load_dataset(source.hub_id, source.hub_config, split=source.split)
+            dataset = hub_rows(source.hub_id, source.hub_config, source.split)
     except Exception as error:  # network, auth and schema failures all end the same way for the user
         raise MissingData(
             [f"{source.local_file} (hub dataset {source.hub_id}: {type(error).__name__})"],

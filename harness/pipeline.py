@@ -6,7 +6,8 @@ changing. `tiny_distillation` is the built-in recipe behind `harness train-and-e
 tiny teacher, a student initialised by SFT (the checkpoint with the lowest validation loss), then SFT, KD, SeqKD and
 MiniLLM students from it, all evaluated on `synth`. `tiny_rlvr` is the one behind `harness train-and-eval trapo`:
 the tiny math policy initialised by a short SFT, then GRPO, SFT-then-RL and TRAPO from it with equal step
-budgets, all evaluated on `math_synth`.
+budgets, all evaluated on `math_synth`. `tiny_cropi` is the one behind `harness train-and-eval cropi`: from the same
+SFT initialisation, full-data GRPO and CROPI on one training pool with equal steps, and the step speed-up.
 """
 
 from __future__ import annotations
@@ -132,33 +133,114 @@ def tiny_rlvr(evaluation: EvalConfig) -> dict[str, float]:
     return single_threaded(lambda: _rlvr_stages(evaluation))
 
 
+class Laps(dict):
+    """Wall-clock seconds per stage: `lap(stage)` records the time since the previous lap (or the start)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self[stage], self.last = now - self.last, now
+
+
 def _rlvr_stages(evaluation: EvalConfig) -> dict[str, float]:
-    from harness import tiny_math
     from harness.trainers import train
     from harness.trainers.checkpoint import best_checkpoint
 
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        timings[stage] = time.perf_counter() - start - sum(timings.values())
-
-    paths = tiny_math.build()
-    root = Path(evaluation.output_dir) / "train"
-    common = [f"data_dir={paths.data / 'math_synth'}", f"progress={evaluation.progress}"]
-    lap("build")
-    init = root / "sft-init"
-    train_and_evaluate("sft", None, [*common, *RLVR_SFT, f"model={paths.policy}", f"output_dir={init}"],
-                       evaluation, label="sft-init")
-    policy = best_checkpoint(init)
-    lap("sft-init")
+    timings = Laps()
+    policy, common, root = _rlvr_initial_policy(evaluation, timings)
     train_and_evaluate("grpo", None, [*common, f"model={policy}", f"output_dir={root / 'grpo'}"], evaluation)
-    lap("grpo")
+    timings.lap("grpo")
     sft_more = root / "sft-more"
     train("sft", recipe_path("sft", None), [*common, *RLVR_SFT, f"model={policy}", f"output_dir={sft_more}"])
     train_and_evaluate("grpo", None, [*common, f"model={best_checkpoint(sft_more)}",
                                       f"output_dir={root / 'sft-then-rl'}"], evaluation, label="sft-then-rl")
-    lap("sft-then-rl")
+    timings.lap("sft-then-rl")
     train_and_evaluate("trapo", None, [*common, f"model={policy}", f"output_dir={root / 'trapo'}"], evaluation)
-    lap("trapo")
+    timings.lap("trapo")
     return timings
+
+
+def _rlvr_initial_policy(evaluation: EvalConfig, timings: Laps) -> tuple[Path, list[str], Path]:
+    """The tiny math data and the SFT-initialised policy every tiny RLVR row starts from: returns the policy, the
+    settings every run shares and the training root."""
+    from harness import tiny_math
+    from harness.trainers.checkpoint import best_checkpoint
+
+    paths = tiny_math.build()
+    root = Path(evaluation.output_dir) / "train"
+    common = [f"data_dir={paths.data / 'math_synth'}", f"progress={evaluation.progress}"]
+    timings.lap("build")
+    init = root / "sft-init"
+    train_and_evaluate("sft", None, [*common, *RLVR_SFT, f"model={paths.policy}", f"output_dir={init}"],
+                       evaluation, label="sft-init")
+    timings.lap("sft-init")
+    return best_checkpoint(init), common, root
+
+
+def tiny_cropi(evaluation: EvalConfig) -> dict[str, float]:
+    """The built-in CROPI recipe (configs/cropi.yaml); returns the wall-clock seconds of each stage.
+
+    From the tiny RLVR recipe's SFT initialisation: full-data GRPO (configs/grpo.yaml) on CROPI's training pool with
+    CROPI's steps and checkpoints, then CROPI. `step_speedup` compares their curves.
+    """
+    return single_threaded(lambda: _cropi_stages(evaluation))
+
+
+def _cropi_stages(evaluation: EvalConfig) -> dict[str, float]:
+    from harness.config import load
+    from harness.trainers import config_class
+
+    timings = Laps()
+    policy, common, root = _rlvr_initial_policy(evaluation, timings)
+    recipe = load(config_class("cropi"), recipe_path("cropi", None))
+    pool = ("max_train_samples", "max_steps", "eval_every", "save_every")
+    same = [f"{name}={getattr(recipe, name)}" for name in pool]
+    train_and_evaluate("grpo", None, [*common, *same, f"model={policy}", f"output_dir={root / 'grpo'}"], evaluation)
+    timings.lap("grpo")
+    train_and_evaluate("cropi", None, [*common, f"model={policy}", f"output_dir={root / 'cropi'}"], evaluation)
+    timings.lap("cropi")
+    return timings
+
+
+def step_speedup(output_dir: Path, task: str, baseline: str = "grpo", method: str = "cropi",
+                 initial: str = "sft-init") -> dict:
+    """The paper's speed-up: the baseline's steps to its final checkpoint over the method's steps to first reach
+    that checkpoint's main metric (None when it never does), read from the stored results of every checkpoint.
+
+    With it, the same ratio for targets one standard error below and above the baseline's final score (the spread
+    the evaluation's noise allows), and the score of the policy both started from (`initial`'s last checkpoint):
+    when the baseline ends below it, the ratio measures no learning and `baseline_improved` is false.
+    """
+    curves = {name: _curve(Path(output_dir), name, task) for name in (baseline, method)}
+    if not all(curves.values()):
+        raise HarnessError(f"no evaluated checkpoints of {baseline} and {method} on {task} under {output_dir}")
+    last = max(curves[baseline])
+    final, stderr = curves[baseline][last]
+    start = _curve(Path(output_dir), initial, task)
+    start_score = start[max(start)][0] if start else None
+
+    def ratio(target: float) -> float | None:
+        reached = [step for step, (value, _) in sorted(curves[method].items()) if value >= target]
+        return last / reached[0] if reached else None
+
+    return {"task": task, "initial": start_score, "baseline_improved": start_score is None or final > start_score,
+            "baseline_final": final, "baseline_stderr": stderr, "baseline_steps": last,
+            "speedup": ratio(final), "speedup_low_target": ratio(final - stderr),
+            "speedup_high_target": ratio(final + stderr),
+            "curves": {name: {step: value for step, (value, _) in sorted(curve.items())}
+                       for name, curve in curves.items()}}
+
+
+def _curve(output_dir: Path, method: str, task: str) -> dict[int, tuple[float, float]]:
+    """step -> (main metric, its standard error) of every evaluated checkpoint of `method`."""
+    import json
+
+    curve = {}
+    for path in output_dir.glob(f"{checkpoint_name(method, 0).removesuffix('0')}*/{task}/results.json"):
+        result = json.loads(path.read_text())
+        metrics, main = result["metrics"], result["main_metric"]
+        curve[result["training"]["step"]] = (metrics[main], metrics.get(f"{main}_stderr", 0.0))
+    return curve

@@ -3,7 +3,11 @@
 
 A suite is an object: its tasks, optionally where each task sits in a hierarchy (dataset -> task -> capability,
 as CUGE scores), and its aggregate, which turns the main metrics of the tasks a model has into the suite's score.
-A suite named in `register_task` without `register_suite` is a plain mean over all of its tasks.
+A suite named in `register_task` without `register_suite` is a plain mean over all of its tasks; a suite may name
+the evaluation protocol its tasks run under by default (`trapo5` runs TRAPO's).
+
+Protocols are named ways to run a family of tasks (the math presets): registered by name with their source, so
+that `--protocol` can be checked before anything loads; each task says which protocols it knows.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Suite:
     aggregate_name: str = "avg"  # the column header's word for the score
     hierarchy: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # task -> (dataset, task, capability)
     tasks: list[str] = field(default_factory=list)
+    protocol: str | None = None  # the protocol its tasks run under unless --protocol says otherwise
 
     def score(self, scores: dict[str, float]) -> SuiteScore | None:
         return self.aggregate({t: v for t, v in scores.items() if t in self.tasks}, list(self.tasks))
@@ -58,6 +63,7 @@ class Suite:
 
 _FACTORIES: dict[str, TaskFactory] = {}
 _SUITES: dict[str, Suite] = {}
+_PROTOCOLS: dict[str, str] = {}  # name -> its source
 _LOADED = False
 # Task names with this prefix are not ours: they are resolved by the lm-eval bridge.
 LM_EVAL_PREFIX = "lm_eval:"
@@ -76,11 +82,33 @@ def register_task(name: str, suites: tuple[str, ...] = ()) -> Callable[[TaskFact
 
 
 def register_suite(name: str, description: str = "", aggregate: Aggregate = mean_of_tasks,
-                   aggregate_name: str = "avg", hierarchy: Mapping[str, tuple[str, ...]] | None = None) -> Suite:
+                   aggregate_name: str = "avg", hierarchy: Mapping[str, tuple[str, ...]] | None = None,
+                   protocol: str | None = None) -> Suite:
     """Declare how a suite aggregates (call before its tasks register, or after: the task list is kept)."""
     tasks = _SUITES[name].tasks if name in _SUITES else []
-    _SUITES[name] = Suite(name, description, aggregate, aggregate_name, dict(hierarchy or {}), tasks)
+    _SUITES[name] = Suite(name, description, aggregate, aggregate_name, dict(hierarchy or {}), tasks, protocol)
     return _SUITES[name]
+
+
+def register_protocol(name: str, source: str) -> None:
+    _PROTOCOLS[name] = source
+
+
+def protocols() -> dict[str, str]:
+    """Protocol name -> its source, for --protocol and `harness tasks`."""
+    _load_plugins()
+    return dict(sorted(_PROTOCOLS.items()))
+
+
+def suite_protocol(spec: str) -> str | None:
+    """The default protocol of the suites named in a --tasks spec; two different ones are a user error."""
+    _load_plugins()
+    named = {_SUITES[part].protocol for part in (piece.strip() for piece in spec.split(","))
+             if part in _SUITES and _SUITES[part].protocol}
+    if len(named) > 1:
+        raise HarnessError(f"the suites in --tasks {spec} run under different protocols ({', '.join(sorted(named))})"
+                           ": pass --protocol NAME or evaluate them separately")
+    return next(iter(named), None)
 
 
 def _load_plugins() -> None:

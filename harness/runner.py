@@ -28,7 +28,7 @@ from harness.config import to_dict
 from harness.data import MissingData, load_docs, load_pool
 from harness.errors import HarnessError
 from harness.models import check_local
-from harness.registry import LM_EVAL_PREFIX, expand, get_task
+from harness.registry import LM_EVAL_PREFIX, expand, get_task, suite_protocol
 from harness.task import ChoicePrediction, Doc, EvalContext, SampleScores, Task, TaskResult
 from harness.validation import check_eval_config, check_sampling
 
@@ -57,6 +57,10 @@ class EvalConfig:
     overwrite: bool = False
     progress: bool = True
     chat_template: bool = False  # wrap generation prompts in the model's chat template (one user turn)
+    protocol: str | None = None  # a named evaluation protocol (math presets); default: the suite's, else each task's
+    length_tokenizer: str | None = None  # tokenizer that counts reference lengths for the length buckets (else words)
+    exposure_average: str = "generating"  # ExAccErr: mean over the samples still generating ("generating") or all
+    exposure_first_token: bool = False  # ExAccErr from the first response token (the released script starts after it)
     training: dict[str, Any] | None = None  # {"method", "step"} when evaluating a trainer's checkpoint
 
 
@@ -128,7 +132,7 @@ def plan(config: EvalConfig) -> list[Planned]:
     names = expand(config.tasks, with_teacher=config.teacher is not None)
     planned, missing = [], []
     for name in names:
-        task = resolve_task(name, data_dir, config.trust_remote_code)
+        task = configured(resolve_task(name, data_dir, config.trust_remote_code), config)
         if task.needs_teacher and config.teacher is None:
             raise HarnessError(f"task {name} compares the model with a teacher: pass --teacher CKPT")
         if task.sampling is not None or task.data.external:
@@ -141,6 +145,18 @@ def plan(config: EvalConfig) -> list[Planned]:
         raise HarnessError(f"data files not found: {', '.join(missing)}; pass --data-dir DIR (a folder laid out "
                            "like shared/data) or set HARNESS_DATA_DIR, or leave those tasks out of --tasks")
     return planned
+
+
+def configured(task: Task, config: EvalConfig) -> Task:
+    """The task for the run's settings: under --protocol (else its suite's default protocol), and whatever else
+    its `configure` reads."""
+    protocol = config.protocol or suite_protocol(config.tasks)
+    if config.protocol and config.protocol not in task.protocols:
+        raise HarnessError(f"task {task.name} has no protocol {config.protocol!r} (protocols apply to the math tasks)"
+                           ": leave it out of --tasks or drop --protocol")
+    if task.configure is None:
+        return task
+    return task.configure(dataclasses.replace(config, protocol=protocol if protocol in task.protocols else None))
 
 
 def resolve_task(name: str, data_dir: str | None, trust_remote_code: bool = False) -> Task:
@@ -245,7 +261,9 @@ def run_generation(task: Task, prompts: list[list[str]], seeds: tuple[int, ...],
                 for document, doc_prompts in enumerate(prompts) for prompt, seed in zip(doc_prompts, seeds)]
     answers = generate_cached(backend, requests, cache, config.progress, desc=task.name)
     per_doc = [answers[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(prompts))]
-    predictions = [[task.postprocess(answer["text"]) for answer in doc_answers] for doc_answers in per_doc]
+    prefix = task.response_prefix or (lambda prompt: "")
+    predictions = [[task.postprocess(prefix(prompt) + answer["text"]) for prompt, answer in zip(doc_prompts, done)]
+                   for doc_prompts, done in zip(prompts, per_doc)]
     lengths = [[float(answer["num_tokens"]) for answer in doc_answers] for doc_answers in per_doc]
     return predictions, lengths
 
@@ -275,8 +293,9 @@ def predict(item: Planned, seeds: tuple[int, ...], backend, cache, config: EvalC
     tasks among generation tasks). Generation prompts go into the chat template when asked."""
     task, docs = item.task, item.docs
     is_choice = [bool(task.choices and task.choices(doc)) for doc in docs]
-    prompts = [[backend.chat_prompt(p) if config.chat_template and not flag else p for p in doc_prompts]
-               for doc_prompts, flag in zip(seed_prompts(item, seeds), is_choice)]
+    chat = config.chat_template if task.chat_template is None else task.chat_template
+    prompts = [[backend.chat_prompt(task.messages(doc) if task.messages else p) if chat and not flag else p
+                for p in doc_prompts] for doc, doc_prompts, flag in zip(docs, seed_prompts(item, seeds), is_choice)]
     predictions: list[list[Any]] = [[] for _ in docs]
     lengths: list[list[float] | None] = [None for _ in docs]
     choice_ids = [i for i, flag in enumerate(is_choice) if flag]
@@ -390,6 +409,7 @@ def write_result(folder: Path, task: Task, result: TaskResult, backend, name: st
         "versions": package_versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "details": result.details,
+        **task.record,
     }
     if config.training:
         record["training"] = config.training

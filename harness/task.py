@@ -165,6 +165,18 @@ class Task:
     group: Callable[[Doc], str] | None = None
     # Arrays for plots and reports computed from the finished records (reliability bins).
     details: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+    # The task rebuilt for the run's settings (the EvalConfig: its protocol, its length tokenizer), before planning.
+    configure: Callable[[Any], Task] | None = None
+    protocols: tuple[str, ...] = ()  # the named protocols (`--protocol`) the task can run under
+    # The prompt as chat turns for the checkpoint's template (a system turn and a user turn), where it is not one
+    # user turn holding `prompt`; `chat_template` True renders every prompt so, False never, None as --chat-template.
+    messages: Callable[[Doc], list[dict[str, str]]] | None = None
+    chat_template: bool | None = None
+    # What the rendered prompt already wrote of the response (a template that opens `<think>`), put before each
+    # completion before scoring and in samples.jsonl.
+    response_prefix: Callable[[str], str] | None = None
+    # Settings written beside the metrics in results.json (the protocol, the length tokenizer).
+    record: Mapping[str, Any] = field(default_factory=dict)
 
     def fewshot_prompt(self, doc: Doc, demonstrations: Sequence[Doc]) -> str:
         """The document's prompt after its demonstrations (none for zero-shot)."""

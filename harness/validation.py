@@ -18,6 +18,7 @@ from harness.errors import HarnessError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("hf", "vllm", "auto")
+EXPOSURE_AVERAGES = ("generating", "all")
 _DEVICE = re.compile(r"^(cpu|cuda|mps|xpu)(:\d+)?$")
 
 
@@ -98,8 +99,24 @@ def check_eval_config(config: Any) -> None:
             raise HarnessError(f"--seeds {','.join(map(str, config.seeds))} repeats a seed: each must differ")
     if config.name is not None:
         check_result_name(config.name)
+    if config.protocol is not None:
+        check_protocol(config.protocol)
+    if config.exposure_average not in EXPOSURE_AVERAGES:
+        raise HarnessError(f"--exposure-average must be one of {', '.join(EXPOSURE_AVERAGES)}, "
+                           f"not {config.exposure_average!r}")
+    if config.length_tokenizer is not None and not Path(config.length_tokenizer).expanduser().is_dir():
+        raise HarnessError(f"--length-tokenizer {config.length_tokenizer} is not a folder: pass a local tokenizer "
+                           "folder (e.g. a GPT-2 checkpoint's)")
     check_backend_options(config.backend_options)
     check_writable_folder(config.output_dir, "--output-dir")
+
+
+def check_protocol(name: str) -> None:
+    from harness.registry import protocols
+
+    known = protocols()
+    if name not in known:
+        raise HarnessError(f"unknown --protocol {name!r}: use one of {', '.join(known)}")
 
 
 def check_backend_options(options: dict[str, Any]) -> None:

@@ -50,21 +50,25 @@ def exacc_err_curve(results: list[dict[str, Any]]) -> Figure | None:
 
 @register_figure("reliability_diagram")
 def reliability_diagram(results: list[dict[str, Any]]) -> Figure | None:
-    """Accuracy against mean confidence per equal-width bin, one subplot per (model, task), with ECE in the title."""
-    found = [r for r in results if isinstance(r.get("details", {}).get("reliability"), dict)]
+    """Accuracy against mean confidence per bin of the reported ECE's binning, one subplot per (model, task), with
+    that ECE in the title."""
+    found = [r for r in results if "bins" in (r.get("details", {}).get("reliability") or {})]  # older: not drawn
     if not found:
         return None
     figure, columns = _grid(len(found), 3.6, 3.6)
     for index, result in enumerate(found):
         axes = figure.add_subplot(-(-len(found) // columns), columns, index + 1)
-        bins = result["details"]["reliability"]["equal_width"]
+        reliability = result["details"]["reliability"]
+        bins = reliability["bins"]
         axes.bar([(b["lower"] + b["upper"]) / 2 for b in bins], [b["accuracy"] for b in bins],
-                 width=[b["upper"] - b["lower"] for b in bins], edgecolor="black", alpha=0.7, label="accuracy")
+                 width=[max(b["upper"] - b["lower"], 0.01) for b in bins], edgecolor="black", alpha=0.7,
+                 label="accuracy")
         axes.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="black",
                   markersize=3, label="bin mean")
         axes.plot([0, 1], [0, 1], "--", color="grey", label="calibrated")
-        ece = result["metrics"].get("ece_equal_width")
-        suffix = f", ECE {ece:.2f}% (equal-width)" if isinstance(ece, int | float) else ""
+        ece = result["metrics"].get(reliability["metric"])
+        binning = reliability["binning"].replace("_", "-")
+        suffix = f", ECE {ece:.2f}% ({binning})" if isinstance(ece, int | float) else ""
         axes.set_title(f"{display_name(result)}\n{result['task']}{suffix}", fontsize="small")
         axes.set_xlim(0, 1)
         axes.set_ylim(0, 1)

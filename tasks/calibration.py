@@ -6,7 +6,11 @@ the Alpaca template the MiniLLM models are trained on and answers with one of th
 scored by its log-likelihood after the prompt, the prediction is the likeliest word, and its confidence is its
 probability renormalised over the label words. Metrics, all in percent: accuracy, ECE with 10 equal-mass bins
 (`ece`, the main metric; lower is better; its standard error and interval by a seeded bootstrap over documents),
-10 equal-width bins (`ece_equal_width`) and one bin (`ece_1bin`).
+10 equal-width bins (`ece_equal_width`) and one bin (`ece_1bin`). Beside them, `ece_raw` (10 equal-mass bins) takes
+as confidence the raw probability of the chosen label word, not renormalised over the label words: the reading the
+paper's numbers suggest (for a label word of one token, as `negative`, `positive`, `no`, `yes` are for GPT-2, that is
+its first token's probability; for a longer word, the whole word's). The reliability diagram (details.reliability)
+uses the reported ECE's binning: 10 equal-mass bins of the renormalised confidence.
 Data: the GLUE SST-2 and SuperGLUE BoolQ validation splits (their test labels are hidden) from the hub ids
 `glue`/`sst2` and `super_glue`/`boolq`, or in a local folder laid out like shared/data: `sst2/stsa.binary.dev`
 (`<label> <sentence>` lines, the same 872 sentences) and `boolq/val.jsonl` (`question`, `passage`, `label` as
@@ -38,6 +42,7 @@ from harness.tiny_data import alpaca_prompt
 SST2_WORDS = ["negative", "positive"]  # GLUE label 0, 1
 BOOLQ_WORDS = ["no", "yes"]  # SuperGLUE label 0 (False), 1 (True)
 N_BINS = 10
+BINNING = "equal_mass"  # of the reported ECE (HELM's default) and of the reliability diagram
 
 
 def _label(doc: Doc, words: list[str]) -> int:
@@ -67,7 +72,8 @@ def score_choice(doc: Doc, prediction: ChoicePrediction, *, words) -> dict[str, 
     gold = options.index(_gold_word(doc, options))
     top = max(prediction.logprobs)
     weights = [math.exp(lp - top) for lp in prediction.logprobs]
-    return {"acc": float(prediction.chosen == gold), "confidence": weights[prediction.chosen] / sum(weights)}
+    return {"acc": float(prediction.chosen == gold), "confidence": weights[prediction.chosen] / sum(weights),
+            "confidence_raw": math.exp(prediction.logprobs[prediction.chosen])}
 
 
 def _gold_word(doc: Doc, options: list[str]) -> str:
@@ -80,24 +86,27 @@ def _gold_word(doc: Doc, options: list[str]) -> str:
 
 def calibration_metrics(samples: list[dict[str, Any]]) -> dict[str, Any]:
     confidence = np.array([c for s in samples for c in s["scores"]["confidence"]])
+    raw = np.array([c for s in samples for c in s["scores"]["confidence_raw"]])
     correct = np.array([a for s in samples for a in s["scores"]["acc"]])
     return {
         **with_uncertainty("acc", correct, 100.0),
-        "ece": 100.0 * ece(confidence, correct, N_BINS, "equal_mass"),
-        **bootstrap_uncertainty("ece", lambda docs: 100.0 * ece(confidence[docs], correct[docs], N_BINS, "equal_mass"),
+        "ece": 100.0 * ece(confidence, correct, N_BINS, BINNING),
+        **bootstrap_uncertainty("ece", lambda docs: 100.0 * ece(confidence[docs], correct[docs], N_BINS, BINNING),
                                 len(correct)),
         "ece_equal_width": 100.0 * ece(confidence, correct, N_BINS, "equal_width"),
         "ece_1bin": 100.0 * ece(confidence, correct, 1),
+        "ece_raw": 100.0 * ece(raw, correct, N_BINS, BINNING),
         "num_predictions": float(len(correct)),
     }
 
 
 def reliability_details(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """The reliability bins of both binnings, for the report's diagram."""
-    confidence = [s["scores"]["confidence"][0] for s in samples]
-    correct = [s["scores"]["acc"][0] for s in samples]
-    return {"reliability": {binning: [b.as_dict() for b in reliability_bins(confidence, correct, N_BINS, binning)]
-                            for binning in ("equal_width", "equal_mass")}}
+    """The reliability bins of the reported ECE (`ece`: its binning, its predictions), for the report's diagram."""
+    confidence = [c for s in samples for c in s["scores"]["confidence"]]
+    correct = [a for s in samples for a in s["scores"]["acc"]]
+    bins = reliability_bins(confidence, correct, N_BINS, BINNING)
+    return {"reliability": {"metric": "ece", "binning": BINNING, "n_bins": N_BINS,
+                            "bins": [b.as_dict() for b in bins]}}
 
 
 def calibration_task(name: str, data: DataSource, prompt, words, description: str) -> Task:

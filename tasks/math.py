@@ -1,13 +1,15 @@
 """The math reasoning suite of RLVR papers (suite `math`): GSM8K, MATH-500, AIME 2024/2025, AMC 2023, Minerva Math
-and OlympiadBench, scored by the final answer.
+and OlympiadBench, scored by the final answer; also AMC-83 and Gaokao 2023 (English), and TRAPO's five-set suite
+`trapo5`.
 
-Protocol (eval-protocols section 4, as in the Qwen2.5-Math evaluation and the RLVR papers that reuse it, TRAPO
-among them): the problem, then "Please reason step by step, and put your final answer within \\boxed{}." as the
-plain prompt, or the same text as one user turn of the model's chat template (`--chat-template`). Each completion
-is judged against the gold as math-verify's parse + verify reads it (`verify_completions`, the function behind the
-RLVR `math_reward` too: a single boxed number exactly in-process, else math-verify in killable workers); only where
-math-verify finds no answer is the last number taken, counted as a fallback (`fallback_rate`; per prediction
-`method` in samples.jsonl).
+Protocol `default` (the other named protocols, `--protocol trapo|qwen25-math-cot|simplerl`, are in
+`harness.tasks.math_protocols`; `trapo5` runs under `trapo`), from eval-protocols section 4, as in the Qwen2.5-Math
+evaluation and the RLVR papers that reuse it: the problem, then "Please reason step by step, and put your final
+answer within \\boxed{}." as the plain prompt, or the same text as one user turn of the model's chat template
+(`--chat-template`). Each completion is judged against the gold as math-verify's parse + verify reads it
+(`verify_completions`, the function behind the RLVR `math_reward` too: a single boxed number exactly in-process,
+else math-verify in killable workers); only where math-verify finds no answer is the last number taken, counted as a
+fallback (`fallback_rate`; per prediction `method` in samples.jsonl).
 
 Sampling: AIME 2024, AIME 2025 and AMC 2023 draw 32 samples at temperature 0.6, top-p 0.95 (avg@32); the others
 decode greedily once (the Qwen2.5-Math style). All allow 2,048 new tokens; reasoning models need
@@ -21,14 +23,17 @@ Data (`shared/data/<set>/test.jsonl`, else the hub): GSM8K test (openai/gsm8k, g
 problems of AMC 12A/12B 2023 (math-ai/amc23), not the 83-problem AMC set (AI-MO/aimo-validation-amc) behind
 TRAPO's "AMC" column; Minerva Math, 272 OCW problems (locally the gold is the last `\\boxed{}` of `solution`, on
 the hub math-ai/minervamath the `answer` column); OlympiadBench, English text-only open-ended maths, 675 problems
-(Hothan/OlympiadBench, OE_TO_maths_en_COMP; gold `final_answer`).
-Differences from the Qwen2.5-Math code: one prompt for every set (it has per-set few-shot and chat prompts),
-its own answer normaliser is replaced by math-verify (see `harness.metrics.math`), and OlympiadBench's unit is not
-appended to the gold.
+(Hothan/OlympiadBench, OE_TO_maths_en_COMP; gold `final_answer`); AMC-83, AMC 12 2022-2023 as TRAPO's
+`data/valid.amc.parquet` holds it (one row per problem of its 32 copies; AI-MO/aimo-validation-amc on the hub);
+Gaokao 2023 English, 385 problems from Qwen2.5-Math's `evaluation/data` (gold `answer` without `$`).
+Differences from the Qwen2.5-Math code: one prompt for every set (it has per-set few-shot and chat prompts), and
+its own answer normaliser is replaced by math-verify (see `harness.metrics.math`). OlympiadBench's unit is not
+appended to the gold, as in Qwen's `parse_ground_truth` (which keeps only `final_answer[0]`; we join them all).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -37,14 +42,11 @@ from harness.backends.base import SamplingSettings
 from harness.metrics.math import Verdict, extract_answer, gsm8k_gold, math_equal_many, verify_completions
 from harness.metrics.passk import pass_at_k
 from harness.metrics.stats import with_uncertainty
-from harness.registry import register_task
+from harness.registry import register_suite, register_task
 from harness.task import DataSource, Doc, Task, sample_mean
+from harness.tasks.math_protocols import DEFAULT, PROTOCOLS, Protocol, think_prefix
 
-INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-MAX_NEW_TOKENS = 2048
-GREEDY = SamplingSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
-SAMPLED = SamplingSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=0.6, top_p=0.95)
-SAMPLED_SEEDS = tuple(range(32))
+FALLBACKS = ("last_number", "answer_phrase")  # answers math-verify did not read
 VERIFY_TIMEOUT = 5.0  # seconds per answer; math-verify can hang on inputs like nested powers
 
 Record = dict[str, Any]  # one document's record in samples.jsonl
@@ -74,6 +76,17 @@ def minerva_answer(doc: Doc) -> str:
     return answer
 
 
+def trapo_answer(doc: Doc) -> str:
+    """TRAPO's files store whole numbers as floats ("142.0"); shown as 142 (the verdict is the same)."""
+    answer = answer_field(doc)
+    return answer[:-2] if re.fullmatch(r"-?\d+\.0", answer) else answer
+
+
+def gaokao_answer(doc: Doc) -> str:
+    """Qwen2.5-Math's gold for gaokao2023en: the `answer` field without its `$`."""
+    return doc["answer"].replace("$", "").strip()
+
+
 def olympiad_answer(doc: Doc) -> str:
     return ", ".join(doc["final_answer"])
 
@@ -82,14 +95,12 @@ def olympiad_answer(doc: Doc) -> str:
 
 
 def cot_prompt(field: str) -> Callable[[Doc], str]:
-    def prompt(doc: Doc) -> str:
-        return f"{doc[field].strip()}\n{INSTRUCTION}"
-
-    return prompt
+    """The default protocol's prompt of a document's `field` (the RLVR trainers train on it)."""
+    return lambda doc: DEFAULT.prompt(doc[field].strip())
 
 
 def scores(verdict: Verdict) -> dict[str, float]:
-    return {"correct": float(verdict.correct), "fallback": float(verdict.method == "last_number")}
+    return {"correct": float(verdict.correct), "fallback": float(verdict.method in FALLBACKS)}
 
 
 def verify(golds: list[str], completions: list[str], timeout: float = VERIFY_TIMEOUT) -> list[dict[str, float]]:
@@ -170,35 +181,49 @@ def majority_at_k(samples: list[Record]) -> dict[str, Any]:
 
 
 def math_task(name: str, description: str, data: DataSource, problem_field: str, gold: Callable[[Doc], str],
-              sampled: bool, sampling: SamplingSettings | None = None, seeds: tuple[int, ...] | None = None) -> Task:
-    """One benchmark of the suite; the seven differ in data, gold field and whether they sample 32 times.
-    `sampling` and `seeds` replace the suite's decoding (the tiny `math_synth`)."""
+              sampled: bool, sampling: SamplingSettings | None = None, seeds: tuple[int, ...] | None = None,
+              protocol: Protocol = DEFAULT) -> Task:
+    """One benchmark of the suite; they differ in data, gold field and whether they are sampled repeatedly (AIME,
+    AMC). `protocol` sets prompt, decoding and verifier together (`harness.tasks.math_protocols`); `sampling` and
+    `seeds` replace its decoding (the tiny `math_synth`)."""
     judged: dict[tuple[str, str], Verdict] = {}  # score_many's verdicts, read back for samples.jsonl
+    verifier = protocol.verifier
 
     def score_many(pairs: list[tuple[Doc, str]]) -> list[dict[str, float]]:
         keys = [(gold(doc), prediction) for doc, prediction in pairs]
-        verdicts = verify_completions(keys, timeout=VERIFY_TIMEOUT)  # all in one parallel call
+        verdicts = verify_completions(keys, timeout=VERIFY_TIMEOUT, options=verifier)  # all in one parallel call
         judged.update(zip(keys, verdicts))
         return [scores(verdict) for verdict in verdicts]
 
     def annotate(doc: Doc, prediction: str) -> dict[str, Any]:
         key = (gold(doc), prediction)
-        verdict = judged.get(key) or verify_completions([key], timeout=VERIFY_TIMEOUT)[0]
+        verdict = judged.get(key) or verify_completions([key], timeout=VERIFY_TIMEOUT, options=verifier)[0]
         return {"extracted": verdict.extracted, "method": verdict.method}
 
+    def under(config: Any) -> Task:
+        chosen = PROTOCOLS[config.protocol] if config.protocol else protocol
+        return math_task(name, description, data, problem_field, gold, sampled, sampling, seeds, chosen)
+
+    messages = protocol.messages
     return Task(
         name=name,
         description=description,
         data=data,
-        prompt=cot_prompt(problem_field),
+        prompt=lambda doc: protocol.prompt(doc[problem_field].strip()),
         references=lambda doc: [gold(doc)],
         scorer=lambda doc, prediction: score_many([(doc, prediction)])[0],
         score_many=score_many,
         annotate=annotate,
-        sampling=sampling or (SAMPLED if sampled else GREEDY),
-        seeds=seeds or (SAMPLED_SEEDS if sampled else (0,)),
+        sampling=sampling or (protocol.repeated if sampled else protocol.single),
+        seeds=seeds or (tuple(range(protocol.repeats)) if sampled else (0,)),
         metrics=(avg_and_pass_at_k, majority_at_k, fallback_rate, sample_mean("gen_length")),
         main_metric="pass@1",
+        configure=under,
+        protocols=tuple(PROTOCOLS),
+        messages=(lambda doc: messages(doc[problem_field].strip())) if messages else None,
+        chat_template=protocol.chat_template,
+        response_prefix=think_prefix if protocol.think_prefix else None,
+        record={"protocol": protocol.name},
     )
 
 
@@ -209,14 +234,14 @@ def gsm8k() -> Task:
                      "question", gsm8k_answer, sampled=False)
 
 
-@register_task("math500", suites=("math",))
+@register_task("math500", suites=("math", "trapo5"))
 def math500() -> Task:
     return math_task("math500", "MATH-500, the PRM800K test subset of MATH (greedy)",
                      DataSource("math500/test.jsonl", hub_id="HuggingFaceH4/MATH-500"),
                      "problem", answer_field, sampled=False)
 
 
-@register_task("aime24", suites=("math",))
+@register_task("aime24", suites=("math", "trapo5"))
 def aime24() -> Task:
     return math_task("aime24", "AIME 2024 I and II, 30 problems (avg@32, T=0.6)",
                      DataSource("aime24/test.jsonl", hub_id="HuggingFaceH4/aime_2024", split="train"),
@@ -237,7 +262,7 @@ def amc23() -> Task:
                      "problem", answer_field, sampled=True)
 
 
-@register_task("minerva_math", suites=("math",))
+@register_task("minerva_math", suites=("math", "trapo5"))
 def minerva_math() -> Task:
     return math_task("minerva_math", "Minerva Math, 272 MIT OCW problems (greedy)",
                      DataSource("minerva_math/test.jsonl", hub_id="math-ai/minervamath",
@@ -245,12 +270,29 @@ def minerva_math() -> Task:
                      "problem", minerva_answer, sampled=False)
 
 
-@register_task("olympiadbench", suites=("math",))
+@register_task("olympiadbench", suites=("math", "trapo5"))
 def olympiadbench() -> Task:
     return math_task("olympiadbench", "OlympiadBench, English text-only open-ended maths, 675 problems (greedy)",
                      DataSource("olympiadbench/test.jsonl", hub_id="Hothan/OlympiadBench",
                                 hub_config="OE_TO_maths_en_COMP", split="train"),
                      "question", olympiad_answer, sampled=False)
+
+
+@register_task("amc83", suites=("trapo5",))
+def amc83() -> Task:
+    return math_task("amc83", "AMC 12 2022-2023, the 83-problem AMC set of TRAPO's tables (avg@32, T=0.6)",
+                     DataSource("amc83/test.jsonl", hub_id="AI-MO/aimo-validation-amc", split="train"),
+                     "problem", trapo_answer, sampled=True)
+
+
+@register_task("gaokao2023en")
+def gaokao2023en() -> Task:
+    return math_task("gaokao2023en", "Gaokao 2023 in English, 385 problems, CROPI's Qwen2.5-Math set (greedy)",
+                     DataSource("gaokao2023en/test.jsonl"), "question", gaokao_answer, sampled=False)
+
+
+register_suite("trapo5", "TRAPO's five-set average: AIME24, AMC-83, MATH-500, Minerva, OlympiadBench",
+               protocol="trapo")
 
 
 def tiny_math_data():
@@ -264,4 +306,4 @@ def math_synth() -> Task:
     """The built-in tiny RLVR set (`harness.tiny_math`): avg@8 and pass@k at the sampled sets' T=0.6, top-p 0.95."""
     return math_task("math_synth", "Synthetic two-step arithmetic of the built-in tiny RLVR default (avg@8, T=0.6)",
                      DataSource("math_synth/test.jsonl", builtin=tiny_math_data), "problem", answer_field,
-                     sampled=True, sampling=SAMPLED.replace(max_new_tokens=48), seeds=tuple(range(8)))
+                     sampled=True, sampling=DEFAULT.repeated.replace(max_new_tokens=48), seeds=tuple(range(8)))

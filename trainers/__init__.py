@@ -1,4 +1,4 @@
-"""Training methods (SFT, KD, SeqKD, MiniLLM, GRPO, TRAPO) behind one entry point: `train(method, config_path,
+"""Training methods (SFT, KD, SeqKD, MiniLLM, GRPO, TRAPO, CROPI) behind one entry point: `train(method, config_path,
 overrides)`.
 
 Each method is a `Trainer` subclass registered with `@register_trainer(name)` together with its config dataclass.
@@ -25,6 +25,7 @@ _BUILTIN = {
     "minillm": "harness.trainers.minillm",
     "grpo": "harness.trainers.grpo",
     "trapo": "harness.trainers.trapo",
+    "cropi": "harness.trainers.cropi",
 }
 METHODS: tuple[str, ...] = tuple(_BUILTIN)
 _REGISTRY: dict[str, type] = {}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from harness.data import hub_rows
 from harness.errors import HarnessError
 from harness.trainers import register_trainer
 from harness.trainers.data import Example, Problem, chunked, encode_prompt, field, read_jsonl
@@ -107,6 +108,12 @@ class GRPOConfig(OnPolicyConfig):
     entropy_coef: float = 0.0
     reward_timeout: float = 5.0  # seconds per answer for the math verifier; an overrun scores 0
     eval_problems: int = 64  # validation problems whose sampled answers give `valid_reward`
+    # Problems from a hub dataset (or a dataset folder) instead of data_dir's JSONL files, with the same field names;
+    # splits take datasets' slicing syntax: valid_split "train[-64:]" holds out the last 64 training rows.
+    dataset: str | None = None
+    dataset_config: str | None = None
+    train_split: str = "train"
+    valid_split: str = "test"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,8 +137,8 @@ class GRPOTrainer(OnPolicyTrainer):
     # -- data --
     def prepare_data(self) -> None:
         config = self.config
-        self.problems = self.read_problems(config.train_file, config.max_train_samples)
-        self.valid_problems = self.read_problems(config.valid_file, config.max_eval_samples)
+        self.problems = self.read_problems(config.train_file, config.train_split, config.max_train_samples)
+        self.valid_problems = self.read_problems(config.valid_file, config.valid_split, config.max_eval_samples)
         # validation loss on the expert solutions, when the data has them
         self.valid_examples = [Example(p.prompt_ids, p.solution_ids) for p in self.valid_problems if p.solution_ids]
         self.plan_rounds(len(self.problems))
@@ -145,14 +152,27 @@ class GRPOTrainer(OnPolicyTrainer):
                                                       add_generation_prompt=True)
         return text
 
-    def read_problems(self, file_name: str, limit: int | None) -> list[Problem]:
-        """Prompts with their gold answers (and expert solutions) from a JSONL file in data_dir."""
+    def problem_rows(self, file_name: str, split: str) -> tuple[list[dict], str]:
+        """The rows of a JSONL file in data_dir, or of a split of `dataset`; and where they came from, for errors."""
+        config = self.config
+        if config.dataset is None:
+            path = Path(config.data_dir) / file_name
+            return read_jsonl(path), str(path)
+        where = f"dataset {config.dataset} split {split}"
+        try:
+            return hub_rows(config.dataset, config.dataset_config, split), where
+        except Exception as error:  # network, auth, unknown split: all end the same way for the user
+            raise HarnessError(f"cannot load {where} ({type(error).__name__}: {error}); check the id, dataset_config "
+                               "and the split names (valid_split 'train[-64:]' holds out rows)") from None
+
+    def read_problems(self, file_name: str, split: str, limit: int | None) -> list[Problem]:
+        """Prompts with their gold answers (and expert solutions), from data_dir or `dataset`."""
         from harness.metrics.math import extract_answer
 
         config, tokenizer = self.config, self.tokenizer
-        path = Path(config.data_dir) / file_name
+        rows, path = self.problem_rows(file_name, split)
         problems = []
-        for row in read_jsonl(path)[:limit]:
+        for row in rows[:limit]:
             solution = str(row.get(config.response_field) or "")
             answer = row.get(config.answer_field)
             if answer is None:

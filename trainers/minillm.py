@@ -142,7 +142,7 @@ class MiniLLMConfig(OnPolicyConfig):
     single_step_weighted: bool = True  # code: false (drops w_t from the single-step term)
     reward_scale: float = 1.0  # code: 2.0
     reward_clip: float | None = None  # code: 100
-    pretrain_file: str | None = "pretrain.jsonl"  # rows {"text": ...} in data_dir; null: no pre-training term
+    pretrain_file: str | None = "pretrain.jsonl"  # {"text"} rows in data_dir; null or pretrain_coef 0: none
     pretrain_seq_len: int = 512
     pretrain_batch_size: int = 64  # pre-training sequences per optimizer step, all processes together
     pretrain_coef: float = 1.0
@@ -184,7 +184,7 @@ class MiniLLMTrainer(OnPolicyTrainer):
         self.valid_references = [field(row, config.response_field, valid)
                                  for row in read_jsonl(valid)[: config.max_eval_samples]]
         self.pretrain_chunks = []
-        if config.pretrain_file and config.pretrain_batch_size > 0:
+        if config.pretrain_file and config.pretrain_batch_size > 0 and config.pretrain_coef > 0:
             pretrain = config.data_dir / config.pretrain_file
             texts = [field(row, "text", pretrain) for row in read_jsonl(pretrain)]
             self.pretrain_chunks = text_chunks(self.tokenizer, texts, config.pretrain_seq_len)

@@ -91,11 +91,16 @@ class OnPolicyTrainer(Trainer):
         """Sample and score this process's prompts of a round: the buffer and the round's numbers to log."""
         raise NotImplementedError
 
+    def round_prompts(self, round_index: int) -> list[int]:
+        """The training prompts of a round, all processes together: seeded epochs over every prompt (a curriculum,
+        such as CROPI's, draws them from its current selection instead)."""
+        return batch_indices(self.num_prompts, self.config.rollouts_per_round, round_index, self.config.seed)
+
     @torch.no_grad()
     def rollout_round(self, round_index: int) -> None:
         """Sample this process's share of the round, score it once, and schedule the PPO epochs over it."""
         config, state = self.config, self.accelerator
-        chosen = batch_indices(self.num_prompts, config.rollouts_per_round, round_index, config.seed)
+        chosen = self.round_prompts(round_index)
         self.student.eval()
         self.buffer, self.round_stats = self.collect(shard(chosen, state.process_index, state.num_processes))
         self.pending = epoch_schedule(len(self.buffer["response_mask"]), config.ppo_epochs,

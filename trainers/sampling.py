@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from harness.backends.base import NgramBan
 from harness.trainers.data import left_pad
 
 
@@ -89,22 +90,29 @@ def sample(
     top_p: float = 1.0,
     mixer=None,
     mix_alpha: float = 0.0,
+    no_repeat_ngram_size: int = 0,
 ) -> Rollout:
     """Sample responses from `policy`, or token by token from (1 - mix_alpha) policy + mix_alpha mixer.
 
     prompt_ids, prompt_mask: (B, P) left-padded, on the models' device. Draws use torch's global RNG, whose state
-    the trainer checkpoints, so a resumed run samples the same tokens.
+    the trainer checkpoints, so a resumed run samples the same tokens. `no_repeat_ngram_size` bans, as transformers
+    does, a token that would repeat an n-gram of the row's prompt and response so far.
     """
     steppers = [_Stepper(policy, vocab_size)] + ([_Stepper(mixer, vocab_size)] if mixer is not None else [])
     ids, mask = prompt_ids, prompt_mask
     finished = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+    bans = [NgramBan(row[keep.bool()].tolist(), no_repeat_ngram_size) for row, keep in zip(ids, mask)]
     tokens, alive = [], []
     for _ in range(max_new_tokens):
         probs = [F.softmax(step(ids, mask) / temperature, dim=-1) for step in steppers]
         mixed = probs[0] if mixer is None else (1 - mix_alpha) * probs[0] + mix_alpha * probs[1]
+        if no_repeat_ngram_size:
+            mixed = _without_banned(mixed, bans)
         token = torch.multinomial(top_p_filter(mixed, top_p), 1).squeeze(-1)
         was_alive = ~finished
         token = token.masked_fill(finished, pad_id)
+        for ban, new in zip(bans, token.tolist()) if no_repeat_ngram_size else ():
+            ban.push(new)
         tokens.append(token)
         alive.append(was_alive)
         finished = finished | (token == eos_id)
@@ -116,13 +124,25 @@ def sample(
     return Rollout(prompt_ids.cpu(), prompt_mask.cpu(), response.cpu(), torch.stack(alive, dim=1).long().cpu())
 
 
-def response_logits(model, rollout: Rollout, vocab_size: int) -> torch.Tensor:
-    """Teacher-forced logits (B, T, V) that predict each response token of `rollout` (already on device)."""
+def _without_banned(probs: torch.Tensor, bans: list[NgramBan]) -> torch.Tensor:
+    """probs (B, V) with each row's banned tokens at 0, renormalised (a row left with no mass keeps its own)."""
+    out = probs.clone()
+    for row, ban in enumerate(bans):
+        banned = list(ban.banned())
+        if banned:
+            out[row, banned] = 0.0
+    total = out.sum(-1, keepdim=True)
+    return torch.where(total > 0, out / total.clamp(min=1e-30), probs)
+
+
+def response_logits(model, rollout: Rollout, vocab_size: int, after_last: bool = False) -> torch.Tensor:
+    """Teacher-forced logits (B, T, V) that predict each response token of `rollout` (already on device); with
+    `after_last`, (B, T + 1, V): also the distribution after the last response token."""
     ids = torch.cat([rollout.prompt_ids, rollout.response_ids], dim=1)
     mask = torch.cat([rollout.prompt_mask, rollout.response_mask], dim=1)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
     start = rollout.prompt_ids.shape[1] - 1
-    return logits[:, start : start + rollout.response_ids.shape[1], :vocab_size].float()
+    return logits[:, start : start + rollout.response_ids.shape[1] + after_last, :vocab_size].float()
 
 
 def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,30 @@ class SamplingSettings:
         return self.temperature == 0.0
 
 
+class NgramBan:
+    """transformers' `no_repeat_ngram_size` rule over one sequence (prompt and response alike): a token that would
+    complete an n-gram already in the sequence is banned; n = 0 bans nothing."""
+
+    def __init__(self, tokens: Sequence[int], n: int):
+        self.n, self.tokens = n, list(tokens)
+        self.seen: dict[tuple[int, ...], set[int]] = {}
+        for start in range(len(self.tokens) - n + 1) if n > 0 else ():
+            self._add(self.tokens[start : start + n])
+
+    def _add(self, gram: list[int]) -> None:
+        self.seen.setdefault(tuple(gram[:-1]), set()).add(gram[-1])
+
+    def banned(self) -> set[int]:
+        if self.n <= 0 or len(self.tokens) < self.n - 1:
+            return set()
+        return self.seen.get(tuple(self.tokens[len(self.tokens) - self.n + 1 :]), set())
+
+    def push(self, token: int) -> None:
+        self.tokens.append(token)
+        if self.n > 0 and len(self.tokens) >= self.n:
+            self._add(self.tokens[-self.n :])
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One completion of `prompt`. With sampling, `seed` alone decides the random draws of this request."""
@@ -172,12 +196,14 @@ class Backend(ABC):
         """The log-prob of each continuation token, split as in `loglikelihood` (see `split_requests` for
         `move_whitespace=False`)."""
 
-    def chat_prompt(self, text: str) -> str:
-        """`text` as one user turn in the checkpoint's chat template, ending where the assistant's reply begins."""
+    def chat_prompt(self, text: str | list[dict[str, str]]) -> str:
+        """`text` as one user turn (or a list of turns, e.g. system then user) in the checkpoint's chat template,
+        ending where the assistant's reply begins."""
         tokenizer = self.tokenizer  # every backend keeps its checkpoint's transformers tokenizer
         if not getattr(tokenizer, "chat_template", None):
-            raise HarnessError(f"{self.name} has no chat template: drop --chat-template to use plain prompts")
-        messages = [{"role": "user", "content": text}]
+            raise HarnessError(f"{self.name} has no chat template: drop --chat-template, or pick a --protocol that "
+                               "sends plain prompts")
+        messages = [{"role": "user", "content": text}] if isinstance(text, str) else text
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def close(self) -> None:

@@ -40,6 +40,7 @@ from harness.backends.base import (
     Completion,
     GenerationRequest,
     LoglikelihoodResult,
+    NgramBan,
     SamplingSettings,
     cut_at_stop,
     encode_prompts,
@@ -106,21 +107,14 @@ class _Row:
     tokens: list[int]
     generator: torch.Generator | None
     generated: list[int] = field(default_factory=list)
-    seen_ngrams: dict[tuple[int, ...], set[int]] = field(default_factory=dict)
+    ban: NgramBan = field(default_factory=lambda: NgramBan([], 0))
     finish_reason: str = "length"
     text: str | None = None
 
-    def banned(self, n: int) -> set[int]:
-        if n <= 0 or len(self.tokens) < n - 1:
-            return set()
-        return self.seen_ngrams.get(tuple(self.tokens[len(self.tokens) - n + 1 :]), set())
-
-    def push(self, token: int, n: int) -> None:
+    def push(self, token: int) -> None:
         self.tokens.append(token)
         self.generated.append(token)
-        if n > 0 and len(self.tokens) >= n:
-            gram = self.tokens[-n:]
-            self.seen_ngrams.setdefault(tuple(gram[:-1]), set()).add(gram[-1])
+        self.ban.push(token)
 
 
 @dataclass
@@ -246,13 +240,6 @@ class _Prompt:
     encoding: tuple[_Batch, int] | None = None
 
 
-def _index_ngrams(tokens: list[int], n: int) -> dict[tuple[int, ...], set[int]]:
-    seen: dict[tuple[int, ...], set[int]] = {}
-    for start in range(len(tokens) - n + 1) if n > 0 else ():
-        seen.setdefault(tuple(tokens[start : start + n - 1]), set()).add(tokens[start + n - 1])
-    return seen
-
-
 def _filter_logits(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
     """Temperature, top-k and top-p on one row of logits (V,), in float32."""
     logits = logits / settings.temperature
@@ -319,9 +306,7 @@ class HFBackend(Backend):
     def _new_row(self, index: int, request: GenerationRequest, tokens: list[int]) -> _Row:
         settings = request.settings
         generator = None if settings.greedy else torch.Generator().manual_seed(request.seed)
-        row = _Row(index, request, list(tokens), generator)
-        row.seen_ngrams = _index_ngrams(row.tokens, settings.no_repeat_ngram_size)
-        return row
+        return _Row(index, request, list(tokens), generator, ban=NgramBan(tokens, settings.no_repeat_ngram_size))
 
     @torch.inference_mode()
     def _decode(self, rows: list[_Row]) -> Iterator[_Row]:
@@ -402,7 +387,7 @@ class HFBackend(Backend):
 
     def _choose(self, row: _Row, logits: torch.Tensor, argmax: int) -> int:
         settings = row.request.settings
-        banned = row.banned(settings.no_repeat_ngram_size)
+        banned = row.ban.banned()
         if settings.greedy and not banned:
             return argmax
         if banned:
@@ -420,7 +405,7 @@ class HFBackend(Backend):
             row.finish_reason = "stop"
             row.text = self.tokenizer.decode(row.generated[:-1], skip_special_tokens=True)
             return True
-        row.push(token, settings.no_repeat_ngram_size)
+        row.push(token)
         if settings.stop and self._stop_in_tail(row.generated, settings.stop):
             row.text, stopped = cut_at_stop(self.tokenizer.decode(row.generated, skip_special_tokens=True),
                                             settings.stop)

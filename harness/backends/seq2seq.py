@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from harness.backends.base import GenerationRequest
+from harness.backends.base import GenerationRequest, NgramBan
 from harness.backends.hf import HFBackend, _Row, load_model_and_tokenizer, pick_device, pick_dtype
 from harness.models import check_local, resolve
 
@@ -76,7 +76,9 @@ class Seq2SeqBackend(HFBackend):
 
     def _new_row(self, index: int, request: GenerationRequest, tokens: list[int]) -> _Row:
         generator = None if request.settings.greedy else torch.Generator().manual_seed(request.seed)
-        return _EncodedRow(index, request, [], generator, prompt=tokens)
+        # over the decoder's sequence, its start token included, as transformers bans
+        ban = NgramBan([self.start_token_id], request.settings.no_repeat_ngram_size)
+        return _EncodedRow(index, request, [], generator, ban=ban, prompt=tokens)
 
     def _encode_batch(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in sequences)

@@ -6,7 +6,9 @@ eps(l) does the same along prefixes sampled from the teacher. ExAccErr(l) = (R(l
 Order of operations as the paper states it: average the per-position error over a prompt's samples, take
 cumulative sums over positions, average over prompts, then take the ratio.
 
-A sample that ended (end-of-sequence) before position t accumulates no further error: its error there is 0.
+Samples end at different lengths. `average="generating"` (the released evaluate_exposure_bias.py, its default here)
+averages the error at t over the samples still generating at t (its mask sum; 0 where none is; the script adds 1e-3
+to the count, which we leave out); `average="all"` averages over every sample, one that ended before t counting 0.
 Lengths l where eps(l) is 0 have no defined ratio and are left out of the curve.
 """
 
@@ -35,27 +37,36 @@ class ExAccErr:
             raise KeyError(f"ExAccErr is not defined at l={length}") from None
 
 
-def mean_over_samples(samples: PromptErrors, length: int) -> list[float]:
-    """Per-position error averaged over one prompt's samples, positions past a sample's end counting 0."""
+AVERAGES = ("generating", "all")
+
+
+def mean_over_samples(samples: PromptErrors, length: int, average: str = "generating") -> list[float]:
+    """Per-position error averaged over one prompt's samples: over those still generating there, or over all
+    (positions past a sample's end counting 0)."""
     if len(samples) == 0:
         raise ValueError("every prompt needs at least one sample")
-    totals = [0.0] * length
+    if average not in AVERAGES:
+        raise ValueError(f"unknown average {average!r}: use one of {', '.join(AVERAGES)}")
+    totals, counts = [0.0] * length, [0] * length
     for errors in samples:
         for t, error in enumerate(errors[:length]):
             totals[t] += error
-    return [total / len(samples) for total in totals]
+            counts[t] += 1
+    if average == "all":
+        return [total / len(samples) for total in totals]
+    return [total / count if count else 0.0 for total, count in zip(totals, counts)]
 
 
-def accumulated_error(prompts: Sequence[PromptErrors], length: int) -> list[float]:
+def accumulated_error(prompts: Sequence[PromptErrors], length: int, average: str = "generating") -> list[float]:
     """R(l) (or eps(l)) for l = 1..length: per-prompt cumulative sums of the sample-mean error, averaged."""
     if len(prompts) == 0:
         raise ValueError("accumulated error needs at least one prompt")
-    curves = [list(accumulate(mean_over_samples(samples, length))) for samples in prompts]
+    curves = [list(accumulate(mean_over_samples(samples, length, average))) for samples in prompts]
     return [sum(curve[t] for curve in curves) / len(curves) for t in range(length)]
 
 
 def exacc_err(student_prefix: Sequence[PromptErrors], teacher_prefix: Sequence[PromptErrors],
-              max_length: int | None = None) -> ExAccErr:
+              max_length: int | None = None, average: str = "generating") -> ExAccErr:
     """ExAccErr(l) for l = 1..max_length (default: the longest sample) from the per-position errors of
     student-sampled and teacher-sampled prefixes, given per prompt (the same prompts, in the same order)."""
     if len(student_prefix) != len(teacher_prefix):
@@ -64,8 +75,8 @@ def exacc_err(student_prefix: Sequence[PromptErrors], teacher_prefix: Sequence[P
     if max_length is None:
         max_length = max(len(errors) for prompts in (student_prefix, teacher_prefix)
                          for samples in prompts for errors in samples)
-    r = accumulated_error(student_prefix, max_length)
-    eps = accumulated_error(teacher_prefix, max_length)
+    r = accumulated_error(student_prefix, max_length, average)
+    eps = accumulated_error(teacher_prefix, max_length, average)
     defined = [t for t in range(max_length) if eps[t] > 0.0]
     return ExAccErr(
         lengths=[t + 1 for t in defined],

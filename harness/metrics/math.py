@@ -28,13 +28,21 @@ and `x=3` vs `y=3` are equal.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.errors import HarnessError
-from harness.metrics.math_normalise import UNPARSABLE, answer_as_latex, fast_equal, latex_operators, normalise
+from harness.metrics.math_normalise import (
+    UNPARSABLE,
+    answer_as_latex,
+    fast_equal,
+    latex_operators,
+    normalise,
+    parse_number,
+)
 from harness.metrics.math_pool import get_pool
 
 MAX_SYMBOLIC_CHARS = 1000
@@ -139,21 +147,70 @@ def _triage(gold: str, prediction: str) -> tuple[bool | None, list[tuple[str, st
 class Verdict:
     """A judged completion: whether it is right, the answer read from it, and how that answer was found:
     `boxed` (its one `\\boxed{}`, settled in-process), `math_verify` (math-verify's extraction), `last_number`
-    (math-verify found nothing; the fallback), `none` (no answer at all) or `timeout` (counted wrong)."""
+    (math-verify found nothing; the fallback), `none` (no answer at all) or `timeout` (counted wrong); under
+    `VerifierOptions`, also `answer_phrase` (Qwen's "The answer is" fallback), `last_box` (TRAPO's second grader),
+    `qwen_tolerance` (equal only within Qwen's number tolerance) and `no_think_end` (no `</think>`: wrong)."""
 
     correct: bool
     extracted: str | None
     method: str
 
 
-def verify_completions(pairs: Sequence[tuple[str, str]], timeout: float = 5.0,
-                       workers: int | None = None) -> list[Verdict]:
-    """Judge (gold, whole completion) pairs as math-verify's parse + verify does; fast exact paths in-process."""
+@dataclass(frozen=True)
+class VerifierOptions:
+    """The papers' departures from our default reading, each off by default (the math presets switch them on).
+
+    `after_think` (TRAPO's eval_scripts/generate_vllm.py): a response that opens with `<think>` is judged on the text
+    after its first `</think>` only, and is wrong without one. `last_box_grader` (TRAPO's second grader, OAT's
+    `boxed_reward_fn`): a response math-verify calls wrong is right when its last `\\boxed{}` equals the gold (our
+    `math_equal` stands in for OAT's normaliser). `answer_phrases` (Qwen2.5-Math parser.py): where math-verify reads
+    no answer, the text after the last "he answer is" or "final answer is" is the answer before the last number is.
+    `qwen_tolerance` (Qwen2.5-Math grader.py, `math_equal` with include_percentage and is_close): numbers equal to a
+    relative 1e-4, the gold also read as gold / 100 and gold x 100, a trailing % as / 100."""
+
+    after_think: bool = False
+    last_box_grader: bool = False
+    answer_phrases: bool = False
+    qwen_tolerance: bool = False
+
+
+DEFAULT_VERIFIER = VerifierOptions()
+THINK_START, THINK_END = "<think>", "</think>"
+_ANSWER_PHRASES = ("he answer is", "final answer is")  # Qwen's order: "The answer is" first
+
+
+def verify_completions(pairs: Sequence[tuple[str, str]], timeout: float = 5.0, workers: int | None = None,
+                       options: VerifierOptions = DEFAULT_VERIFIER) -> list[Verdict]:
+    """Judge (gold, whole completion) pairs as math-verify's parse + verify does; fast exact paths in-process.
+    `options` switch on the papers' own readings (see `VerifierOptions`)."""
     if timeout <= 0:
         raise HarnessError(f"verifier timeout must be positive seconds, got {timeout}")
-    verdicts: list[Verdict | None] = [_single_box_verdict(str(gold), str(text)) for gold, text in pairs]
+    judged = [(str(gold), _judged_text(str(text), options)) for gold, text in pairs]
+    open_ = [i for i, (_, text) in enumerate(judged) if text is not None]
+    found = _math_verify_verdicts([judged[i] for i in open_], timeout, workers, options)  # type: ignore[misc]
+    verdicts = [Verdict(False, None, "no_think_end")] * len(judged)
+    for i, verdict in zip(open_, found, strict=True):
+        verdicts[i] = verdict
+    if options.last_box_grader:
+        verdicts = _last_box_regrade(judged, verdicts, timeout, workers)
+    if options.qwen_tolerance:
+        verdicts = [_with_tolerance(gold, verdict) for (gold, _), verdict in zip(judged, verdicts)]
+    return verdicts
+
+
+def _judged_text(completion: str, options: VerifierOptions) -> str | None:
+    """The part of a completion that is judged; None for a think response that never closes its thinking."""
+    if not options.after_think or not completion.lstrip().startswith(THINK_START):
+        return completion
+    parts = completion.split(THINK_END)
+    return parts[1] if len(parts) > 1 else None  # TRAPO keeps split("</think>")[1]
+
+
+def _math_verify_verdicts(pairs: Sequence[tuple[str, str]], timeout: float, workers: int | None,
+                          options: VerifierOptions) -> list[Verdict]:
+    verdicts: list[Verdict | None] = [_single_box_verdict(gold, text) for gold, text in pairs]
     slow = [i for i, verdict in enumerate(verdicts) if verdict is None]
-    requests = [{"completion": [answer_as_latex(str(pairs[i][0]).strip()), _as_math_verify_reads(str(pairs[i][1]))]}
+    requests = [{"completion": [answer_as_latex(pairs[i][0].strip()), _as_math_verify_reads(pairs[i][1])]}
                 for i in slow]
     answers = get_pool(workers or default_workers()).run(requests, timeout) if requests else []
     fallback: list[int] = []
@@ -164,12 +221,55 @@ def verify_completions(pairs: Sequence[tuple[str, str]], timeout: float = 5.0,
             fallback.append(i)
         else:
             verdicts[i] = Verdict(answer["equal"], answer["extracted"], "math_verify")
-    numbers = {i: _last_number(str(pairs[i][1])) for i in fallback}
-    found = [i for i in fallback if numbers[i] is not None]
-    equal = math_equal_many([(str(pairs[i][0]), numbers[i]) for i in found], timeout, workers)  # type: ignore[misc]
+    read = {i: _fallback_answer(pairs[i][1], options) for i in fallback}
+    found = [i for i in fallback if read[i] is not None]
+    equal = math_equal_many([(pairs[i][0], read[i][0]) for i in found], timeout, workers)  # type: ignore[index]
     for i, same in zip(found, equal, strict=True):
-        verdicts[i] = Verdict(same, numbers[i], "last_number")
+        verdicts[i] = Verdict(same, *read[i])  # type: ignore[misc]
     return [verdict or Verdict(False, None, "none") for verdict in verdicts]
+
+
+def _fallback_answer(text: str, options: VerifierOptions) -> tuple[str, str] | None:
+    """(answer, method) where math-verify read none: Qwen's answer phrases when asked, then the last number."""
+    if options.answer_phrases:
+        for phrase in _ANSWER_PHRASES:
+            if phrase in text:
+                answer = re.sub(r"\n\s*", "", text.split(phrase)[-1].strip()).lstrip(":").rstrip("./")
+                return (answer, "answer_phrase") if answer else None
+    number = _last_number(text)
+    return (number, "last_number") if number is not None else None
+
+
+def _last_box_regrade(judged: list[tuple[str, str | None]], verdicts: list[Verdict], timeout: float,
+                      workers: int | None) -> list[Verdict]:
+    """TRAPO's second grader: a wrong verdict is overturned when the last box equals the gold."""
+    boxes = {i: extract_answer(text) for i, (_, text) in enumerate(judged)
+             if text is not None and not verdicts[i].correct}
+    regrade = [i for i, (answer, method) in boxes.items() if method == "boxed" and answer]
+    equal = math_equal_many([(judged[i][0], boxes[i][0]) for i in regrade], timeout, workers)  # type: ignore[misc]
+    regraded = list(verdicts)
+    for i, same in zip(regrade, equal, strict=True):
+        if same:
+            regraded[i] = Verdict(True, boxes[i][0], "last_box")
+    return regraded
+
+
+def _with_tolerance(gold: str, verdict: Verdict) -> Verdict:
+    if verdict.correct or verdict.extracted is None or not qwen_numbers_close(gold, verdict.extracted):
+        return verdict
+    return Verdict(True, verdict.extracted, "qwen_tolerance")
+
+
+def qwen_numbers_close(gold: str, prediction: str) -> bool:
+    """Qwen2.5-Math's `is_numerical_equal(prediction, reference, include_percentage=True, is_close=True)`: both
+    plain numbers (a trailing % read as / 100) and `math.isclose(gold', prediction, rel_tol=1e-4)` for gold' in
+    (gold / 100, gold, gold x 100)."""
+    g, p = parse_number(normalise(gold)), parse_number(normalise(prediction))
+    if g is None or p is None:
+        return False
+    value = float(p.value / 100 if p.percent else p.value)
+    reference = float(g.value / 100 if g.percent else g.value)
+    return any(math.isclose(reference * scale, value, rel_tol=1e-4) for scale in (0.01, 1.0, 100.0))
 
 
 def _as_math_verify_reads(completion: str) -> str:

@@ -57,6 +57,20 @@ def test_greedy_generation_equals_generate(backend, reference):
         assert completion.text == tokenizer.decode(out[0], skip_special_tokens=True)
 
 
+def test_no_repeat_ngram_equals_generate(backend, reference):
+    model, tokenizer = reference
+    prompts = ["我喜欢", "The number 12"]
+    settings = SamplingSettings(max_new_tokens=12, no_repeat_ngram_size=2)
+    completions = backend.generate([GenerationRequest(p, settings) for p in prompts], progress=False)
+    for prompt, completion in zip(prompts, completions):
+        with torch.no_grad():
+            out = model.generate(**tokenizer(prompt, return_tensors="pt"), max_new_tokens=12, do_sample=False,
+                                 no_repeat_ngram_size=2)
+            free = model.generate(**tokenizer(prompt, return_tensors="pt"), max_new_tokens=12, do_sample=False)
+        assert completion.text == tokenizer.decode(out[0], skip_special_tokens=True)
+        assert not torch.equal(out, free)  # the ban changed this output, so the check could fail
+
+
 def test_seeded_samples_do_not_depend_on_the_batch(backend):
     settings = SamplingSettings(max_new_tokens=8, temperature=1.0, top_p=0.9)
     alone = backend.generate([GenerationRequest("我喜欢", settings, seed=7)], progress=False)[0]

@@ -11,10 +11,18 @@ STUDENT = [[[1.0, 1.0, 1.0], [3.0, 1.0]], [[2.0, 2.0, 2.0]]]
 TEACHER = [[[1.0, 1.0, 1.0]], [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]]
 
 
-def test_hand_computed_curve():
-    # A: per-position mean [2, 1, 0.5] -> cumulative [2, 3, 3.5]; B: [2, 4, 6]; R = mean = [2, 3.5, 4.75].
-    # Teacher: A [1, 2, 3]; B [1, 1, 2]; eps = [1, 1.5, 2.5].
+def test_hand_computed_curve_over_the_samples_still_generating():
+    # A: per-position mean over the samples still generating [2, 1, 1] -> cumulative [2, 3, 4]; B: [2, 4, 6];
+    # R = [2, 3.5, 5]. Teacher: A [1, 2, 3]; B [1, 1, 2]; eps = [1, 1.5, 2.5].
     curve = exacc_err(STUDENT, TEACHER)
+    assert curve.student_prefix == pytest.approx([2.0, 3.5, 5.0])
+    assert curve.teacher_prefix == pytest.approx([1.0, 1.5, 2.5])
+    assert curve.value == pytest.approx([100.0, 200.0 / 1.5, 100.0])
+
+
+def test_hand_computed_curve_with_ended_samples_counting_zero():
+    # A: per-position mean over both samples [2, 1, 0.5] -> cumulative [2, 3, 3.5]; B: [2, 4, 6]; R = [2, 3.5, 4.75].
+    curve = exacc_err(STUDENT, TEACHER, average="all")
     assert curve.student_prefix == pytest.approx([2.0, 3.5, 4.75])
     assert curve.teacher_prefix == pytest.approx([1.0, 1.5, 2.5])
     assert curve.lengths == [1, 2, 3]
@@ -23,11 +31,15 @@ def test_hand_computed_curve():
 
 
 def test_ended_samples_add_nothing_and_length_extends_the_curve():
-    assert mean_over_samples([[3.0, 1.0], [1.0]], 4) == [2.0, 0.5, 0.0, 0.0]
-    assert accumulated_error([[[3.0, 1.0], [1.0]]], 4) == [2.0, 2.5, 2.5, 2.5]
-    curve = exacc_err(STUDENT, TEACHER, max_length=5)
+    assert mean_over_samples([[3.0, 1.0], [1.0]], 4, "all") == [2.0, 0.5, 0.0, 0.0]
+    assert mean_over_samples([[3.0, 1.0], [1.0]], 4) == [2.0, 1.0, 0.0, 0.0]
+    assert accumulated_error([[[3.0, 1.0], [1.0]]], 4, "all") == [2.0, 2.5, 2.5, 2.5]
+    assert accumulated_error([[[3.0, 1.0], [1.0]]], 4) == [2.0, 3.0, 3.0, 3.0]
+    curve = exacc_err(STUDENT, TEACHER, max_length=5, average="all")
     assert curve.lengths == [1, 2, 3, 4, 5]
     assert curve.value[-1] == pytest.approx(90.0)
+    with pytest.raises(ValueError, match="unknown average"):
+        mean_over_samples([[1.0]], 1, "mean")
 
 
 def test_ratio_is_ratio_of_means_not_mean_of_ratios():

@@ -66,18 +66,61 @@ def exact_accumulated_error(sampler_table: torch.Tensor, steps: int) -> list[flo
 def test_exposure_bias_on_bigram_chains_matches_the_exact_answer():
     teacher, student = Bigram(TEACHER_TABLE), Bigram(STUDENT_TABLE)
     prompt, mask = torch.tensor([[0]]), torch.tensor([[1]])
-    options = dict(samples=20000, max_new_tokens=6, eos_id=EOS, pad_id=0, vocab_size=3)
+    options = dict(samples=20000, max_new_tokens=6, eos_id=EOS, pad_id=0, vocab_size=3, from_first_token=True)
     torch.manual_seed(0)
     on_student, rollout = prefix_errors(student, teacher, student, prompt, mask, **options)
     on_teacher, _ = prefix_errors(teacher, teacher, student, prompt, mask, **options)
     assert any(len(errors) < 6 for errors in on_student)  # some samples ended early, as the chain predicts
-    curve = exacc_err([on_student], [on_teacher], 6)
+    curve = exacc_err([on_student], [on_teacher], 6, average="all")
     r, eps = exact_accumulated_error(STUDENT_TABLE, 6), exact_accumulated_error(TEACHER_TABLE, 6)
     assert curve.student_prefix == pytest.approx(r, rel=0.02)
     assert curve.teacher_prefix == pytest.approx(eps, rel=0.02)
     expected = [(a - b) / b * 100 for a, b in zip(r, eps)]
     assert curve.value == pytest.approx(expected, abs=4.0)
     assert abs(expected[-1]) > 20.0  # far from 0, so swapping the prefixes or the KL direction would show
+
+
+def test_released_positions_start_after_the_first_response_token():
+    """The released script's positions are the distributions after each response token before the end; with the
+    first-token option, those that predict each response token. On a bigram chain the error after token x is
+    kl[x], so every row follows from the sampled tokens by hand."""
+    teacher, student = Bigram(TEACHER_TABLE), Bigram(STUDENT_TABLE)
+    kl = (TEACHER_TABLE * (TEACHER_TABLE / STUDENT_TABLE).log()).sum(-1).tolist()
+    options = dict(samples=200, max_new_tokens=4, eos_id=EOS, pad_id=0, vocab_size=3)
+    torch.manual_seed(1)
+    released, rollout = prefix_errors(student, teacher, student, torch.tensor([[0]]), torch.tensor([[1]]), **options)
+    torch.manual_seed(1)
+    first, _ = prefix_errors(student, teacher, student, torch.tensor([[0]]), torch.tensor([[1]]), **options,
+                             from_first_token=True)
+    ended_rows = 0
+    for row, got_released, got_first in zip(rollout.response_ids.tolist(), released, first):
+        tokens = row[: row.index(EOS)] if EOS in row else row  # response tokens before the end
+        ended_rows += EOS in row
+        assert got_released == pytest.approx([kl[t] for t in tokens], rel=1e-5)
+        assert got_first == pytest.approx([kl[0]] + [kl[t] for t in tokens][: len(got_first) - 1], rel=1e-5)
+        assert len(got_first) == len(tokens) + (EOS in row)  # the end-of-text prediction counts there
+    assert 0 < ended_rows < 200
+
+
+def test_no_repeat_ngram_size_bans_repeated_ngrams_while_sampling():
+    from harness.trainers.sampling import sample
+
+    sticky = Bigram(torch.tensor([[0.05, 0.9, 0.05], [0.05, 0.9, 0.05], [1 / 3, 1 / 3, 1 / 3]]))
+    torch.manual_seed(0)
+    free = sample(sticky, torch.tensor([[0]] * 50), torch.tensor([[1]] * 50), eos_id=EOS, pad_id=0, vocab_size=3,
+                  max_new_tokens=8)
+    banned = sample(sticky, torch.tensor([[0]] * 50), torch.tensor([[1]] * 50), eos_id=EOS, pad_id=0, vocab_size=3,
+                    max_new_tokens=8, no_repeat_ngram_size=2)
+
+    def repeats(rollout) -> int:
+        count = 0
+        for row, mask in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist()):
+            sequence = [0] + [t for t, keep in zip(row, mask) if keep]
+            grams = list(zip(sequence, sequence[1:]))
+            count += len(grams) - len(set(grams))
+        return count
+
+    assert repeats(free) > 50 and repeats(banned) == 0
 
 
 def test_exposure_bias_needs_the_transformers_backend():
@@ -191,7 +234,14 @@ def test_calibration_matches_a_direct_computation(runs):
     low, high = metrics["ece_ci95"]  # seeded bootstrap over the six documents
     assert 0 <= low < high and metrics["ece_stderr"] > 0
     assert metrics["acc_stderr"] == pytest.approx(100 * statistics.stdev(correct) / math.sqrt(6))
-    assert sum(b["count"] for b in result["details"]["reliability"]["equal_width"]) == 6
+    raw = [math.exp(max(scores[2 * i].logprob, scores[2 * i + 1].logprob)) for i in range(6)]  # not renormalised
+    assert metrics["ece_raw"] == pytest.approx(100 * ece(raw, correct, 10, "equal_mass"), rel=1e-4)
+    reliability = result["details"]["reliability"]  # the diagram's bins are the reported ECE's
+    assert (reliability["metric"], reliability["binning"], reliability["n_bins"]) == ("ece", "equal_mass", 10)
+    bins = reliability["bins"]
+    assert [b["count"] for b in bins] == [1] * 6  # ten equal-mass bins of six predictions: six of one
+    from_bins = sum(b["count"] / 6 * abs(b["accuracy"] - b["confidence"]) for b in bins)
+    assert 100 * from_bins == pytest.approx(metrics["ece"], rel=1e-6)
     assert [s["references"] for s in samples] == [[SST2_WORDS[d["label"]]] for d in docs]
 
 
@@ -205,7 +255,28 @@ def test_sni_reports_length_buckets_and_dist4(runs):
         assert metrics[f"rougeL_len_{bucket}"] == pytest.approx(100 * sum(direct) / len(direct))
     distinct, total = distinct_n([p for s in samples for p in s["predictions"]], 4)
     assert (metrics["dist4_distinct"], metrics["dist4_total"]) == (distinct, total)
-    assert metrics["dist4"] == pytest.approx(100 * distinct / total)
+    assert metrics["dist4_pooled"] == pytest.approx(100 * distinct / total)
+    per_seed = [distinct_n([s["predictions"][seed] for s in samples], 4) for seed in (0, 1)]
+    assert metrics["dist4"] == pytest.approx(statistics.fmean(100 * d / t for d, t in per_seed))
+    assert (result["length_unit"], result["length_tokenizer"]) == ("words", None)
+
+
+@pytest.mark.slow  # reuses the cached generations of the shared runs
+def test_length_buckets_count_the_named_tokenizer_and_results_name_it(runs):
+    from transformers import AutoTokenizer
+
+    evaluate(EvalConfig(model=str(runs.model), tasks="sni", seeds=(1, 2), gen_kwargs={"max_new_tokens": 40},
+                        name="random-tokens", length_tokenizer=str(runs.model), data_dir=str(runs.data),
+                        output_dir=str(runs.root), progress=False, device="cpu", batch_size=4))
+    result, _ = read_run(runs, "random-tokens", "sni")
+    assert (result["length_unit"], result["length_tokenizer"]) == ("tokens", str(runs.model))
+    assert "sinst/11_" in result["reference_split"]
+    tokenizer = AutoTokenizer.from_pretrained(runs.model)
+    counts = [len(tokenizer(reference, add_special_tokens=False)["input_ids"]) for reference in SNI_REFERENCES]
+    for low, high in ((0, 5), (6, 10), (11, 10**9)):
+        expected = sum(low <= n <= high for n in counts)
+        assert result["metrics"][f"num_len_{low}_{'inf' if high == 10**9 else high}"] == expected
+    assert counts != [len(reference.split()) for reference in SNI_REFERENCES]  # tokens, not words
 
 
 @pytest.mark.slow  # the shared evaluation runs take about 30 s on two CPU cores
@@ -217,6 +288,15 @@ def test_report_shows_the_analysis_figures(runs, tmp_path):
     for name in ("exacc_err_curve", "reliability_diagram", "rougeL_length_buckets"):
         encoded = base64.b64encode((tmp_path / f"{name}.png").read_bytes()).decode()
         assert encoded in html
+
+
+def test_a_length_tokenizer_folder_without_a_tokenizer_is_a_user_error(tmp_path, random_model):
+    with pytest.raises(HarnessError, match="holds no tokenizer"):
+        evaluate(EvalConfig(model=str(random_model), tasks="sni", length_tokenizer=str(tmp_path),
+                            output_dir=str(tmp_path / "runs"), progress=False, device="cpu"))
+    with pytest.raises(HarnessError, match="is not a folder"):
+        evaluate(EvalConfig(model=str(random_model), tasks="sni", length_tokenizer=str(tmp_path / "none"),
+                            output_dir=str(tmp_path / "runs"), progress=False, device="cpu"))
 
 
 def test_bad_labels_are_a_user_error(tmp_path, random_model):
@@ -242,9 +322,13 @@ def test_length_buckets_leave_empty_buckets_unscored():
                      "num_len_11_inf": 1.0, "rougeL_len_11_inf": pytest.approx(100.0)}
 
 
-def test_dist4_pools_every_response():
-    samples = [record("r", [0.0, 0.0], ["a b c d e", "a b c d"]), record("r", [0.0], ["b c d e"])]
-    assert distinct_4(samples) == {"dist4": pytest.approx(100 * 2 / 4), "dist4_distinct": 2.0, "dist4_total": 4.0}
+def test_dist4_per_seed_then_the_mean_with_the_pooled_value_beside():
+    # seed 0: "a b c d e", "b c d e" -> 4-grams abcd, bcde, bcde: 2 of 3; seed 1: "a b c d", "a b c d" -> 1 of 2
+    samples = [record("r", [0.0, 0.0], ["a b c d e", "a b c d"]), record("r", [0.0, 0.0], ["b c d e", "a b c d"])]
+    assert distinct_4(samples) == {"dist4": pytest.approx(100 * (2 / 3 + 1 / 2) / 2),
+                                   "dist4_std": pytest.approx(100 * (2 / 3 - 1 / 2) / 2),
+                                   "dist4_pooled": pytest.approx(100 * 2 / 5), "dist4_distinct": 2.0,
+                                   "dist4_total": 5.0}
     assert distinct_4([record("r", [0.0], ["too short"])]) == {"dist4_distinct": 0.0, "dist4_total": 0.0}
 
 

@@ -131,6 +131,27 @@ def test_an_adversarial_answer_times_out_without_stalling_the_step(tiny_math, tm
     assert time.monotonic() - start < 2 * 5.0 + 5.0  # two overrunning answers, each killed at its timeout
 
 
+def test_problems_come_from_a_dataset_by_id_with_sliced_splits(tiny_math, tmp_path):
+    """`dataset` goes through datasets.load_dataset, the call a hub id takes; a local folder keeps it offline."""
+    from transformers import AutoTokenizer
+
+    from harness.errors import HarnessError
+
+    rows = [{"question": f"What is {i} + {i}?", "final": str(2 * i)} for i in range(10)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = load(GRPOConfig, None, [f"model={tiny_math.policy}", f"dataset={tmp_path}", "prompt_field=question",
+                                     "answer_field=final", "valid_split=train[-3:]", "data_dir=/nonexistent"])
+    trainer = GRPOTrainer(config)
+    trainer.tokenizer = AutoTokenizer.from_pretrained(tiny_math.policy)
+    train = trainer.read_problems(config.train_file, config.train_split, None)
+    valid = trainer.read_problems(config.valid_file, config.valid_split, None)
+    assert [p.answer for p in train] == [str(2 * i) for i in range(10)]
+    assert [p.answer for p in valid] == ["14", "16", "18"]
+    assert "What is 9 + 9?" in trainer.tokenizer.decode(valid[-1].prompt_ids)
+    with pytest.raises(HarnessError, match="split test"):
+        trainer.read_problems(config.valid_file, "test", None)
+
+
 # ---- a short run ------------------------------------------------------------------------------------------
 GRPO_RUN = ["rollouts_per_round=4", "group_size=4", "batch_size=8", "micro_batch_size=4", "max_new_tokens=24",
             "max_steps=4", "rollout_batch_size=4", "max_eval_samples=8", "eval_problems=4", "lr=1e-3",
