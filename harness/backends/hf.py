@@ -289,7 +289,7 @@ class HFBackend(Backend):
     # ----- generation -----------------------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerationRequest], progress: bool = True) -> list[Completion]:
-        encoded = [self._encode_prompt(request) for request in requests]
+        encoded = self._encode_prompts(requests)
         # Longest prompts first, equal prompts next to each other: the samples of one prompt share its prefill.
         order = sorted(range(len(requests)), key=lambda i: (-len(encoded[i]), encoded[i]))
         rows = [self._new_row(i, requests[i], encoded[i]) for i in order]
@@ -300,8 +300,8 @@ class HFBackend(Backend):
                 bar.update(1)
         return results  # type: ignore[return-value]
 
-    def _encode_prompt(self, request: GenerationRequest) -> list[int]:
-        return encode_prompts(self.tokenizer, [request], self.max_length)[0]
+    def _encode_prompts(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
+        return encode_prompts(self.tokenizer, requests, self.max_length)
 
     def _new_row(self, index: int, request: GenerationRequest, tokens: list[int]) -> _Row:
         settings = request.settings

@@ -69,10 +69,11 @@ class Seq2SeqBackend(HFBackend):
 
     # ----- generation: the decoder-only loop, with the prompt in the encoder -------------------------------------
 
-    def _encode_prompt(self, request: GenerationRequest) -> list[int]:
-        tokens = self.tokenizer(request.prompt)["input_ids"]  # with the end-of-sequence token T5 expects
-        limit = min(request.settings.max_prompt_tokens or self.max_length, self.max_length)
-        return tokens[-limit:]
+    def _encode_prompts(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
+        # with the end-of-sequence token T5 expects
+        encoded = self.tokenizer([request.prompt for request in requests])["input_ids"] if requests else []
+        return [tokens[-min(request.settings.max_prompt_tokens or self.max_length, self.max_length) :]
+                for tokens, request in zip(encoded, requests)]
 
     def _new_row(self, index: int, request: GenerationRequest, tokens: list[int]) -> _Row:
         generator = None if request.settings.greedy else torch.Generator().manual_seed(request.seed)

@@ -208,7 +208,7 @@ def test_a_huge_prompt_is_cut_before_tokenising_to_the_tokens_the_model_sees(bac
     expected_score = backend.loglikelihood([(tail, " pear")], progress=False)[0].logprob
     spy = TokenizerSpy(backend.tokenizer)
     monkeypatch.setattr(backend, "tokenizer", spy)
-    assert backend._encode_prompt(request) == seen
+    assert backend._encode_prompts([request]) == [seen]
     assert backend.loglikelihood([(HUGE_PROMPT, " pear")], progress=False)[0].logprob == pytest.approx(
         expected_score, abs=1e-4)
     assert spy.longest < 1_000_000
