@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -41,6 +42,20 @@ def timed(function, sync, repeats: int = 2) -> tuple[float, object]:
         sync()
         best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def paired(ours, peer, sync, pairs: int = 3) -> tuple[float, float, float, object, object]:
+    """`ours()` and `peer()` run in turn, `pairs` times each, after the caller's warm-up: (median seconds of ours,
+    of the peer, the median of the pairs' ratios peer/ours, the last outputs of each). On a shared machine whose
+    speed drifts, a pair's two runs see about the same load, so the median pair ratio is the figure to read."""
+    ours_s, peer_s = [], []
+    for _ in range(pairs):
+        seconds, ours_out = timed(ours, sync, repeats=1)
+        ours_s.append(seconds)
+        seconds, peer_out = timed(peer, sync, repeats=1)
+        peer_s.append(seconds)
+    return (statistics.median(ours_s), statistics.median(peer_s),
+            statistics.median(p / o for o, p in zip(ours_s, peer_s)), ours_out, peer_out)
 
 
 def race_loglikelihood(ours, peer, pairs, sync) -> tuple[float, float, float, int]:

@@ -3,14 +3,31 @@
 Generation runs our own decoding loop over the model's forward pass instead of `model.generate`, for three reasons:
 every request draws from its own seeded generator (so a sample does not depend on its batch neighbours, which
 `generate` cannot promise), `no_repeat_ngram_size` looks at each row's own tokens rather than at the padding, and
-finished rows leave the batch (their KV-cache rows are dropped) instead of being computed until the longest ends.
+the batch is scheduled by us:
+- the samples of one prompt (several seeds, avg@k, rollouts) share its forward pass: the prompt is encoded once and
+  its KV-cache row is copied for each sample, which then draws its first token from the shared logits;
+- continuous batching: a finished row leaves the batch and the cache at once, and when a quarter of the slots are
+  free the next prompts are encoded and their rows join, left-padded to the batch's cache width (the columns that
+  are padding for every row are dropped as rows leave);
+- the cache keeps room at its end for the next tokens instead of concatenating (a copy of the whole cache per layer
+  and step).
+Since a row's tokens depend only on its own prompt, seed and logits, none of this changes a sample.
+
+Not used: a static cache with `torch.compile` (inductor on CPU) and transformers' `generate_batch`. Compiling the
+tiny teacher's decoding step took minutes on a 2-core CPU for a 2-2.5x cheaper step, which pays only after
+thousands of steps; `generate_batch` draws every sample from one generator seeded once for the call, with one
+generation config for all requests, stops on end-of-sequence tokens only and does not list the n-gram ban among the
+logits processors it supports, so it cannot give our samples (see bench/README.md).
 """
 
 from __future__ import annotations
 
 import copy as copy_module
+import functools
+import itertools
 import math
 import os
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -36,6 +53,9 @@ from harness.models import resolve
 if TYPE_CHECKING:
     from transformers import DynamicCache
 
+# Continuous batching refills the batch once this share of its slots is free: each refill costs a forward pass of
+# its own, which for small models costs about as much as a decoding step of the whole batch.
+REFILL_SHARE = 0.25
 # Fewer shared tokens than this are cheaper to recompute than to copy (a cache copy per batch row).
 MIN_SHARED_PREFIX = 16
 
@@ -106,6 +126,121 @@ class _Scored:
     targets: list[int]
 
 
+@dataclass
+class _Batch:
+    """Rows decoding together: their KV cache, left-padded to one width W, its attention mask (B, W), each row's next
+    input token, and, right after the prompts' forward pass, their next-token logits (B, V)."""
+
+    rows: list[_Row]
+    cache: DynamicCache | None
+    mask: torch.Tensor | None
+    next_tokens: list[int]
+    logits: torch.Tensor | None = None
+
+    @staticmethod
+    def empty() -> _Batch:
+        return _Batch([], None, None, [])
+
+    def select(self, index: list[int]) -> _Batch:
+        """A new batch of the rows at `index` (a row repeated forks it), without rows or next tokens yet."""
+        at = torch.tensor(index, device=self.mask.device)
+        layers = [(layer.keys[at], layer.values[at]) for layer in self.cache.layers]
+        return _Batch([], _cache(layers), self.mask[at], [], None if self.logits is None else self.logits[at])
+
+    def keep(self, keep: list[int]) -> None:
+        """Only the rows at `keep` go on; cache columns that are padding for every remaining row are dropped."""
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.rows, self.cache, self.mask, self.next_tokens, self.logits = [], None, None, [], None
+            return
+        at = torch.tensor(keep, device=self.mask.device)
+        self.cache.batch_select_indices(at)
+        self.mask = self.mask[at]
+        self.logits = None if self.logits is None else self.logits[at]
+        self.rows, self.next_tokens = [self.rows[i] for i in keep], [self.next_tokens[i] for i in keep]
+        lead = int(self.mask.any(0).int().argmax())  # the first column some row attends to
+        if lead:
+            self.mask = self.mask[:, lead:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+
+    @staticmethod
+    def join(*batches: _Batch) -> _Batch:
+        """One batch of all the rows, each cache left-padded with masked zeros to the widest."""
+        live = [batch for batch in batches if batch.mask is not None]
+        if len(live) <= 1:
+            return live[0] if live else _Batch.empty()
+        width = max(batch.mask.shape[1] for batch in live)
+
+        def padded(tensor: torch.Tensor, batch: _Batch, dim: int) -> torch.Tensor:
+            # F.pad takes (left, right) pairs from the last dimension backwards; dim is -1 (mask) or -2 (keys)
+            return torch.nn.functional.pad(tensor, (0, 0) * (-1 - dim) + (width - batch.mask.shape[1], 0))
+
+        layers = [tuple(torch.cat([padded(getattr(b.cache.layers[i], part), b, -2) for b in live])
+                        for part in ("keys", "values")) for i in range(len(live[0].cache.layers))]
+        logits = None if any(b.logits is None for b in live) else torch.cat([b.logits for b in live])
+        return _Batch([row for b in live for row in b.rows], _cache(layers),
+                      torch.cat([padded(b.mask, b, -1) for b in live]),
+                      [token for b in live for token in b.next_tokens], logits)
+
+
+def _cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A decoding cache holding `layers` (keys and values per layer)."""
+    cache = _decoding_cache_class()()
+    for index, (keys, values) in enumerate(layers):
+        cache.update(keys, values, index)
+    return cache
+
+
+@functools.cache
+def _decoding_cache_class() -> type:
+    """transformers' DynamicCache whose layers write each step into room kept at their end (transformers' own
+    layers concatenate: a copy of the whole cache per layer and step, which on a CPU cost more than the attention
+    over it). The room grows by half when it runs out; after rows are dropped or columns cut, the next step copies
+    the cache into new room."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class RoomyLayer(DynamicLayer):
+        key_room: torch.Tensor | None = None
+        value_room: torch.Tensor | None = None
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            length = self.get_seq_length()
+            end = length + key_states.shape[-2]
+            room = self.key_room
+            if room is None or self.keys.data_ptr() != room.data_ptr() or room.shape[0] != key_states.shape[0] \
+                    or end > room.shape[-2]:
+                shape = (*key_states.shape[:2], end + max(64, end // 2), key_states.shape[-1])
+                self.key_room, self.value_room = (key_states.new_empty(shape), value_states.new_empty(shape))
+                if length:
+                    self.key_room[:, :, :length] = self.keys
+                    self.value_room[:, :, :length] = self.values
+            self.key_room[:, :, length:end] = key_states
+            self.value_room[:, :, length:end] = value_states
+            self.keys, self.values = self.key_room[:, :, :end], self.value_room[:, :, :end]
+            return self.keys, self.values
+
+    class DecodingCache(DynamicCache):
+        def __init__(self):
+            Cache.__init__(self, layer_class_to_replicate=RoomyLayer)
+
+    return DecodingCache
+
+
+@dataclass
+class _Prompt:
+    """One distinct prompt and the rows (samples) still waiting for it; `encoding` is its row of a prefill batch,
+    set once, from which every sample forks its KV cache."""
+
+    tokens: list[int]
+    rows: list[_Row]
+    encoding: tuple[_Batch, int] | None = None
+
+
 def _filter_logits(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
     """Temperature, top-k and top-p on one row of logits (V,), in float32."""
     logits = logits / settings.temperature
@@ -156,19 +291,19 @@ class HFBackend(Backend):
     # ----- generation -----------------------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerationRequest], progress: bool = True) -> list[Completion]:
-        encoded = [self._encode_prompt(request) for request in requests]
-        order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
+        encoded = self._encode_prompts(requests)
+        # Longest prompts first, equal prompts next to each other: the samples of one prompt share its prefill.
+        order = sorted(range(len(requests)), key=lambda i: (-len(encoded[i]), encoded[i]))
+        rows = [self._new_row(i, requests[i], encoded[i]) for i in order]
         results: list[Completion | None] = [None] * len(requests)
         with tqdm(total=len(requests), desc="generate", unit="req", disable=not progress) as bar:
-            for start in range(0, len(order), self.batch_size):
-                rows = [self._new_row(i, requests[i], encoded[i]) for i in order[start : start + self.batch_size]]
-                for row in self._decode_batch(rows):
-                    results[row.index] = Completion(row.text or "", len(row.generated), row.finish_reason)
-                bar.update(len(rows))
+            for row in self._decode(rows):
+                results[row.index] = Completion(row.text or "", len(row.generated), row.finish_reason)
+                bar.update(1)
         return results  # type: ignore[return-value]
 
-    def _encode_prompt(self, request: GenerationRequest) -> list[int]:
-        return encode_prompts(self.tokenizer, [request], self.max_length)[0]
+    def _encode_prompts(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
+        return encode_prompts(self.tokenizer, requests, self.max_length)
 
     def _new_row(self, index: int, request: GenerationRequest, tokens: list[int]) -> _Row:
         settings = request.settings
@@ -176,32 +311,71 @@ class HFBackend(Backend):
         return _Row(index, request, list(tokens), generator, ban=NgramBan(tokens, settings.no_repeat_ngram_size))
 
     @torch.inference_mode()
-    def _decode_batch(self, rows: list[_Row]) -> list[_Row]:
-        """Decode a batch with a shared KV cache; rows that finish are removed from the batch and the cache."""
-        width = max(len(row.tokens) for row in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r.tokens)) + r.tokens for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (width - len(r.tokens)) + [1] * len(r.tokens) for r in rows], device=self.device)
-        active, done, cache = list(rows), [], None
-        step_input = input_ids
-        while active:
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_input.shape[1] :]
+    def _decode(self, rows: list[_Row]) -> Iterator[_Row]:
+        """Continuous batching over one shared KV cache: up to `batch_size` rows decode together; a finished row
+        leaves the batch and the cache at once, and once a quarter of the slots are free the next prompts are
+        encoded and join the batch. Yields each row as it finishes."""
+        waiting = deque(_Prompt(list(tokens), list(group))
+                        for tokens, group in itertools.groupby(rows, key=lambda row: tuple(row.tokens)))
+        batch = _Batch.empty()
+        refill = max(1, int(self.batch_size * REFILL_SHARE))
+        while waiting or batch.rows:
+            if waiting and (not batch.rows or self.batch_size - len(batch.rows) >= refill):
+                done: list[_Row] = []
+                batch = _Batch.join(batch, self._admit(waiting, self.batch_size - len(batch.rows), done))
+                yield from done
+            if not batch.rows:
+                continue
+            batch.mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=-1)
             out = self.model(
-                input_ids=step_input, attention_mask=mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1,
+                input_ids=torch.tensor(batch.next_tokens, device=self.device).unsqueeze(-1),
+                attention_mask=batch.mask, position_ids=batch.mask.sum(-1, keepdim=True) - 1,
+                past_key_values=batch.cache, use_cache=True, logits_to_keep=1,
             )
-            cache, logits = out.past_key_values, out.logits[:, -1, :].float()
-            keep, next_tokens = self._next_tokens(active, logits, done)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                mask, active = mask[index], [active[i] for i in keep]
-                next_tokens = [next_tokens[i] for i in keep]
-            step_input = torch.tensor(next_tokens, device=self.device).unsqueeze(-1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-        return done
+            done = []
+            keep, batch.next_tokens = self._next_tokens(batch.rows, out.logits[:, -1, :].float(), done)
+            batch.keep(keep)
+            yield from done
+
+    def _admit(self, waiting: deque[_Prompt], slots: int, done: list[_Row]) -> _Batch:
+        """Up to `slots` rows from the front of the queue, each forked from its prompt's encoding with its first
+        token chosen; rows that end on that token go to `done`. Prompts not yet encoded run in one forward pass;
+        a prompt whose samples do not all fit keeps its encoding for the next refill."""
+        taken: list[tuple[_Prompt, list[_Row]]] = []
+        while waiting and slots > 0:
+            prompt = waiting[0]
+            count = min(slots, len(prompt.rows))
+            taken.append((prompt, prompt.rows[:count]))
+            prompt.rows, slots = prompt.rows[count:], slots - count
+            if not prompt.rows:
+                waiting.popleft()
+        fresh = [prompt for prompt, _ in taken if prompt.encoding is None]
+        if fresh:
+            encoded = self._prefill([prompt.tokens for prompt in fresh])
+            for position, prompt in enumerate(fresh):
+                prompt.encoding = (encoded, position)
+        forks: list[tuple[_Batch, list[int]]] = []  # rows to copy out of each prefill batch, in queue order
+        for prompt, rows in taken:
+            encoded, position = prompt.encoding  # type: ignore[misc]
+            if not forks or forks[-1][0] is not encoded:
+                forks.append((encoded, []))
+            forks[-1][1].extend([position] * len(rows))
+        joined = _Batch.join(*(encoded.select(index) for encoded, index in forks))
+        joined.rows = [row for _, rows in taken for row in rows]
+        keep, joined.next_tokens = self._next_tokens(joined.rows, joined.logits, done)
+        joined.keep(keep)
+        joined.logits = None
+        return joined
+
+    def _prefill(self, prompts: list[list[int]]) -> _Batch:
+        """The prompts' KV cache, left-padded to one width, and each prompt's next-token logits (G, V)."""
+        width = max(len(tokens) for tokens in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(t)) + t for t in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in prompts], device=self.device)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                         past_key_values=_cache([]), use_cache=True, logits_to_keep=1)
+        return _Batch([], out.past_key_values, mask, [], out.logits[:, -1, :].float())
 
     def _next_tokens(self, active: list[_Row], logits: torch.Tensor, done: list[_Row]) -> tuple[list[int], list[int]]:
         """Each active row's next token from its logits (B, V); rows that finish move to `done`. Returns the indices

@@ -13,7 +13,7 @@ context is not split at its trailing whitespace (SentencePiece drops it either w
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,10 +69,11 @@ class Seq2SeqBackend(HFBackend):
 
     # ----- generation: the decoder-only loop, with the prompt in the encoder -------------------------------------
 
-    def _encode_prompt(self, request: GenerationRequest) -> list[int]:
-        tokens = self.tokenizer(request.prompt)["input_ids"]  # with the end-of-sequence token T5 expects
-        limit = min(request.settings.max_prompt_tokens or self.max_length, self.max_length)
-        return tokens[-limit:]
+    def _encode_prompts(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
+        # with the end-of-sequence token T5 expects
+        encoded = self.tokenizer([request.prompt for request in requests])["input_ids"] if requests else []
+        return [tokens[-min(request.settings.max_prompt_tokens or self.max_length, self.max_length) :]
+                for tokens, request in zip(encoded, requests)]
 
     def _new_row(self, index: int, request: GenerationRequest, tokens: list[int]) -> _Row:
         generator = None if request.settings.greedy else torch.Generator().manual_seed(request.seed)
@@ -86,6 +87,11 @@ class Seq2SeqBackend(HFBackend):
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=self.device)
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=self.device)
         return ids, mask
+
+    def _decode(self, rows: list[_Row]) -> Iterator[_Row]:
+        """Fixed batches (the encoder runs once per batch), each decoded until its last row ends."""
+        for start in range(0, len(rows), self.batch_size):
+            yield from self._decode_batch(rows[start : start + self.batch_size])
 
     @torch.inference_mode()
     def _decode_batch(self, rows: list[_Row]) -> list[_Row]:

@@ -3,6 +3,10 @@ matches lm-eval's HFLM."""
 
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -49,6 +53,57 @@ def test_seeded_sampling_ignores_batch_neighbours(backend):
     assert texts(backend, requests[::-1], batch_size=5)[::-1] == alone
     reseeded = texts(backend, [GenerationRequest(p, settings, seed=100 + i) for i, p in enumerate(PROMPTS)], 8)
     assert reseeded != alone
+
+
+@contextmanager
+def forward_passes(model):
+    """(rows, whether it extends a filled KV cache) for every forward pass of `model` while the block runs."""
+    passes: list[tuple[int, bool]] = []
+
+    def record(_, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        passes.append((kwargs["input_ids"].shape[0], cache is not None and cache.get_seq_length() > 0))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        yield passes
+    finally:
+        handle.remove()
+
+
+def settings(row: dict) -> SamplingSettings:
+    return SamplingSettings(**{**row["settings"], "stop": tuple(row["settings"]["stop"])})
+
+
+def test_samples_equal_the_static_batch_loop_and_share_their_prompt(backend):
+    """The fixture holds what the previous loop (fixed batches of 4, every row encoded on its own) produced on this
+    random model: five seeds for each of five prompts (top-p, n-gram ban), greedy rows with 6-15 token budgets, a
+    row ending on a stop string. Prefix forking and continuous batching must give the same samples, with each
+    distinct prompt encoded once, also when its samples do not fit in one batch (batch size 3)."""
+    reference = json.loads((Path(__file__).parent / "data" / "generate_reference.json").read_text())
+    requests = [GenerationRequest(r["prompt"], settings(r), r["seed"]) for r in reference]
+    for batch_size in (3, 32):
+        backend.batch_size = batch_size
+        with forward_passes(backend.model) as passes:
+            ours = backend.generate(requests, progress=False)
+        assert [(c.text, c.num_tokens, c.finish_reason) for c in ours] == [
+            (r["text"], r["num_tokens"], r["finish_reason"]) for r in reference]
+        assert sum(rows for rows, cached in passes if not cached) == len({r.prompt for r in requests})
+        assert max(rows for rows, _ in passes) <= batch_size
+
+
+def test_a_finished_row_gives_its_slot_to_the_next_request(backend):
+    """Two slots, budgets 12, 2, 2, 12 (longest prompt first): fixed batches would take 11 + 11 decoding steps; with
+    continuous batching the short rows pass through the second slot while the first row runs."""
+    prompts = ["The number 1 plus 2 is 3 and then", "The number 1 plus 2 is", "Sort these words:", "pear"]
+    requests = [GenerationRequest(p, SamplingSettings(max_new_tokens=n)) for p, n in zip(prompts, (12, 2, 2, 12))]
+    alone = texts(backend, requests, batch_size=1)
+    backend.batch_size = 2
+    with forward_passes(backend.model) as passes:
+        together = [completion.text for completion in backend.generate(requests, progress=False)]
+    assert together == alone
+    steps = [rows for rows, cached in passes if cached]
+    assert len(steps) <= 14 and steps[:12].count(2) >= 11
 
 
 def test_greedy_is_batch_size_invariant(backend):
@@ -153,7 +208,7 @@ def test_a_huge_prompt_is_cut_before_tokenising_to_the_tokens_the_model_sees(bac
     expected_score = backend.loglikelihood([(tail, " pear")], progress=False)[0].logprob
     spy = TokenizerSpy(backend.tokenizer)
     monkeypatch.setattr(backend, "tokenizer", spy)
-    assert backend._encode_prompt(request) == seen
+    assert backend._encode_prompts([request]) == [seen]
     assert backend.loglikelihood([(HUGE_PROMPT, " pear")], progress=False)[0].logprob == pytest.approx(
         expected_score, abs=1e-4)
     assert spy.longest < 1_000_000
