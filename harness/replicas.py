@@ -49,7 +49,7 @@ class LazyBackend:
     """A backend opened by `open_backend()` the first time anything beyond its name and identity is needed."""
 
     def __init__(self, ref: ModelRef, open_backend: Callable[[], Any]):
-        self.name, self.identity, self.path = ref.name, ref.identity, ref.path
+        self.name, self.identity, self.path, self.adapter = ref.name, ref.identity, ref.path, ref.adapter
         self._open = open_backend
         self._backend = None
 
@@ -148,7 +148,7 @@ class Replicas:
     """N replicas of one model in their own processes, started on first use; see the module docstring."""
 
     def __init__(self, ref: ModelRef, model: str, config: Any, count: int):
-        self.name, self.identity, self.path = ref.name, ref.identity, ref.path
+        self.name, self.identity, self.path, self.adapter = ref.name, ref.identity, ref.path, ref.adapter
         self._model, self._config, self._count = model, config, count
         self._workers: list[tuple[Any, Any]] = []  # (process, its job queue)
         self._results: Any = None  # the queue every replica answers on

@@ -408,7 +408,9 @@ def write_result(folder: Path, task: Task, result: TaskResult, backend, name: st
         "task": task.name,
         "suites": [suite for suite, names in suites().items() if task.name in names],
         "model": name,
-        "model_path": str(getattr(backend, "path", config.model)),
+        # a soft prompt is the model evaluated; its base model is recorded beside it
+        "model_path": str(getattr(backend, "adapter", None) or getattr(backend, "path", config.model)),
+        **({"base_model_path": str(backend.path)} if getattr(backend, "adapter", None) else {}),
         "model_identity": backend.identity,
         "main_metric": task.main_metric,
         "higher_is_better": task.higher_is_better,

@@ -276,7 +276,7 @@ class HFBackend(Backend):
         trust_remote_code: bool = False,
     ):
         ref = resolve(model, trust_remote_code)
-        self.name, self.identity, self.path = ref.name, ref.identity, ref.path
+        self.name, self.identity, self.path, self.adapter = ref.name, ref.identity, ref.path, ref.adapter
         self.device = pick_device(device)
         self.model, self.tokenizer = load_model_and_tokenizer(
             ref.path, self.device, pick_dtype(dtype, self.device), trust_remote_code

@@ -149,6 +149,7 @@ def test_prompt_checkpoint_scores_standalone_as_in_training(trained):
     logged = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
     inside = trainer.option_logprobs(trainer.valid_rows)  # the weights of the last step, step-6
     backend = HFBackend(str(output / "step-6"), device="cpu", batch_size=4)
+    assert backend.adapter == output / "step-6"  # results.json names the prompt as the model, its base beside it
     pairs = [(row["prompt"], option) for row in trainer.valid_rows for option in row["options"]]
     alone = [result.logprob for result in backend.loglikelihood(pairs, progress=False)]
     assert alone == pytest.approx([score for row in inside for score in row], abs=1e-4)
