@@ -503,7 +503,8 @@ class Trainer:
         index = self.accelerator.process_index
         try:
             safe_load(folder / f"random_states_{index}.pkl")
-            self.accelerator.load_state(str(folder), strict=not self.partly_frozen)  # frozen: see setup
+            # frozen weights are left out of the saved state (see setup); DeepSpeed's loader takes no `strict`
+            self.accelerator.load_state(str(folder), **({"strict": False} if self.partly_frozen else {}))
             self.load_extra_state(torch.load(folder / f"method_{index}.pt", weights_only=True))
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
             raise HarnessError(f"{folder} holds training state that safe loading refuses ({type(error).__name__}: "
