@@ -277,14 +277,22 @@ def run_generation(task: Task, prompts: list[list[str]], seeds: tuple[int, ...],
 
 def run_choices(task: Task, docs: list[Doc], prompts: list[list[str]], backend, cache,
                 config: EvalConfig) -> list[list[ChoicePrediction]]:
-    """Per document and seed, every option scored by its summed log-prob after that seed's prompt."""
+    """Per document and seed, every option scored by its summed log-prob after that seed's prompt (and, for a task
+    with `option_tokens`, by its first token's log-prob too)."""
     assert task.choices is not None
     options = [tuple(task.choices(doc)) for doc in docs]
     pairs = [(prompt, option) for doc_prompts, opts in zip(prompts, options) for prompt in doc_prompts
              for option in opts]
-    results = iter(scores_cached(backend, "loglikelihood", pairs, cache, config.progress, desc=task.name))
-    return [[ChoicePrediction([next(results)["logprob"] for _ in opts], opts, prompt) for prompt in doc_prompts]
-            for doc_prompts, opts in zip(prompts, options)]
+    method = "token_logprobs" if task.option_tokens else "loglikelihood"
+    results = iter(scores_cached(backend, method, pairs, cache, config.progress, desc=task.name))
+
+    def scored(opts: tuple[str, ...], prompt: str) -> ChoicePrediction:
+        answers = [next(results) for _ in opts]
+        if not task.option_tokens:
+            return ChoicePrediction([answer["logprob"] for answer in answers], opts, prompt)
+        return ChoicePrediction([sum(lps) for lps in answers], opts, prompt, tuple(lps[0] for lps in answers))
+
+    return [[scored(opts, prompt) for prompt in doc_prompts] for doc_prompts, opts in zip(prompts, options)]
 
 
 def reference_losses(task: Task, docs: list[Doc], backend, cache, config: EvalConfig) -> list[float]:

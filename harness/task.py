@@ -62,6 +62,7 @@ class ChoicePrediction:
     logprobs: list[float]
     options: tuple[str, ...] = ()
     prompt: str = ""
+    first_token_logprobs: tuple[float, ...] = ()  # each option's first token, when the task scores token by token
 
     @property
     def chosen(self) -> int:
@@ -149,6 +150,7 @@ class Task:
     sampling: SamplingSettings | None = None  # generation tasks
     seeds: tuple[int, ...] = (0,)  # one generation per seed for each document
     choices: Callable[[Doc], list[str]] | None = None  # multiple-choice tasks: options scored by log-likelihood
+    option_tokens: bool = False  # score options token by token, for metrics that read an option's first token
     postprocess: Callable[[str], str] = str.strip
     reference_loss: bool = False  # also log the teacher-forced LM loss of the first reference
     evaluate: Callable[[EvalContext], TaskResult] | None = None

@@ -7,9 +7,9 @@ scored by its log-likelihood after the prompt, the prediction is the likeliest w
 probability renormalised over the label words. Metrics, all in percent: accuracy, ECE with 10 equal-mass bins
 (`ece`, the main metric; lower is better; its standard error and interval by a seeded bootstrap over documents),
 10 equal-width bins (`ece_equal_width`) and one bin (`ece_1bin`). Beside them, `ece_raw` (10 equal-mass bins) takes
-as confidence the raw probability of the chosen label word, not renormalised over the label words: the reading the
-paper's numbers suggest (for a label word of one token, as `negative`, `positive`, `no`, `yes` are for GPT-2, that is
-its first token's probability; for a longer word, the whole word's). The reliability diagram (details.reliability)
+as confidence the raw probability of the chosen label word's first token, not renormalised over the label words: the
+reading the paper's numbers suggest (`negative`, `positive`, `no`, `yes` are one token each for GPT-2, so there it is
+the word's probability). The options are scored token by token for it. The reliability diagram (details.reliability)
 uses the reported ECE's binning: 10 equal-mass bins of the renormalised confidence.
 Data: the GLUE SST-2 and SuperGLUE BoolQ validation splits (their test labels are hidden) from the hub ids
 `glue`/`sst2` and `super_glue`/`boolq`, or in a local folder laid out like shared/data: `sst2/stsa.binary.dev`
@@ -73,7 +73,7 @@ def score_choice(doc: Doc, prediction: ChoicePrediction, *, words) -> dict[str, 
     top = max(prediction.logprobs)
     weights = [math.exp(lp - top) for lp in prediction.logprobs]
     return {"acc": float(prediction.chosen == gold), "confidence": weights[prediction.chosen] / sum(weights),
-            "confidence_raw": math.exp(prediction.logprobs[prediction.chosen])}
+            "confidence_raw": math.exp(prediction.first_token_logprobs[prediction.chosen])}
 
 
 def _gold_word(doc: Doc, options: list[str]) -> str:
@@ -122,6 +122,7 @@ def calibration_task(name: str, data: DataSource, prompt, words, description: st
         main_metric="ece",
         higher_is_better=False,
         choices=words,
+        option_tokens=True,  # ece_raw reads the first token of the chosen word
         details=reliability_details,
     )
 

@@ -234,7 +234,11 @@ def test_calibration_matches_a_direct_computation(runs):
     low, high = metrics["ece_ci95"]  # seeded bootstrap over the six documents
     assert 0 <= low < high and metrics["ece_stderr"] > 0
     assert metrics["acc_stderr"] == pytest.approx(100 * statistics.stdev(correct) / math.sqrt(6))
-    raw = [math.exp(max(scores[2 * i].logprob, scores[2 * i + 1].logprob)) for i in range(6)]  # not renormalised
+    with load(str(runs.model), device="cpu", batch_size=4) as backend:
+        tokens = backend.token_logprobs([(task.prompt(d), w) for d in docs for w in SST2_WORDS], progress=False)
+    chosen = [2 * i + int(scores[2 * i + 1].logprob > scores[2 * i].logprob) for i in range(6)]
+    assert any(len(tokens[i]) > 1 for i in chosen)  # a label word of several tokens tells the first from the whole
+    raw = [math.exp(tokens[i][0]) for i in chosen]  # the chosen word's first token, not renormalised
     assert metrics["ece_raw"] == pytest.approx(100 * ece(raw, correct, 10, "equal_mass"), rel=1e-4)
     reliability = result["details"]["reliability"]  # the diagram's bins are the reported ECE's
     assert (reliability["metric"], reliability["binning"], reliability["n_bins"]) == ("ece", "equal_mass", 10)
