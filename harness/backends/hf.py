@@ -129,7 +129,8 @@ class _Scored:
 @dataclass
 class _Batch:
     """Rows decoding together: their KV cache, left-padded to one width W, its attention mask (B, W), each row's next
-    input token, and, right after the prompts' forward pass, their next-token logits (B, V)."""
+    input token, and, right after the prompts' forward pass, their next-token logits (B, V). A soft prompt's prefix
+    sits in the cache in front of the W columns the mask covers (`_fixed_columns`); padding goes in after it."""
 
     rows: list[_Row]
     cache: DynamicCache | None
@@ -161,9 +162,11 @@ class _Batch:
         self.rows, self.next_tokens = [self.rows[i] for i in keep], [self.next_tokens[i] for i in keep]
         lead = int(self.mask.any(0).int().argmax())  # the first column some row attends to
         if lead:
+            fixed = _fixed_columns(self)
             self.mask = self.mask[:, lead:]
             for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+                layer.keys, layer.values = (_drop_columns(layer.keys, fixed, lead),
+                                            _drop_columns(layer.values, fixed, lead))
 
     @staticmethod
     def join(*batches: _Batch) -> _Batch:
@@ -175,7 +178,12 @@ class _Batch:
 
         def padded(tensor: torch.Tensor, batch: _Batch, dim: int) -> torch.Tensor:
             # F.pad takes (left, right) pairs from the last dimension backwards; dim is -1 (mask) or -2 (keys)
-            return torch.nn.functional.pad(tensor, (0, 0) * (-1 - dim) + (width - batch.mask.shape[1], 0))
+            pad = width - batch.mask.shape[1]
+            fixed = 0 if dim == -1 else _fixed_columns(batch)
+            if not fixed:
+                return torch.nn.functional.pad(tensor, (0, 0) * (-1 - dim) + (pad, 0))
+            gap = tensor.new_zeros(*tensor.shape[:2], pad, tensor.shape[-1])
+            return torch.cat((tensor[:, :, :fixed], gap, tensor[:, :, fixed:]), dim=-2)
 
         layers = [tuple(torch.cat([padded(getattr(b.cache.layers[i], part), b, -2) for b in live])
                         for part in ("keys", "values")) for i in range(len(live[0].cache.layers))]
@@ -183,6 +191,18 @@ class _Batch:
         return _Batch([row for b in live for row in b.rows], _cache(layers),
                       torch.cat([padded(b.mask, b, -1) for b in live]),
                       [token for b in live for token in b.next_tokens], logits)
+
+
+def _fixed_columns(batch: _Batch) -> int:
+    """Cache columns in front of those the mask covers: a soft prompt's prefix (0 without one)."""
+    return batch.cache.layers[0].keys.shape[-2] - batch.mask.shape[1]
+
+
+def _drop_columns(tensor: torch.Tensor, fixed: int, count: int) -> torch.Tensor:
+    """`tensor` (B, H, T, D) without the `count` columns after its first `fixed` ones."""
+    if not fixed:
+        return tensor[:, :, count:]
+    return torch.cat((tensor[:, :, :fixed], tensor[:, :, fixed + count:]), dim=-2)
 
 
 def _cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:

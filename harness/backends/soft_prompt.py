@@ -2,9 +2,10 @@
 
 PEFT prepends the prompt's P embeddings to every input's embeddings (`PeftModelForCausalLM.forward`). Every request
 of an evaluation shares that prefix, so its keys and values are computed once when the backend opens and each forward
-pass starts from a copy of them: the backend's decoding and scoring loops run unchanged on `PromptPrefixed`, which
-prepends the cached prefix to a call that has no cache yet, and shifts attention masks and position ids by P for
-every call (a cache it returned already holds the prefix). The result equals PEFT's concatenation up to float
+pass starts from a copy of them: the backend's decoding and scoring loops run on `PromptPrefixed`, which prepends
+the cached prefix to a call that has no cache yet (or an empty one), and shifts attention masks and position ids by P
+for every call (a cache it returned already holds the prefix; the decoding loop keeps those P columns in front when
+it pads or trims its cache). The result equals PEFT's concatenation up to float
 rounding: the same positions 0..P-1 for the prompt, P.. for the text, and the prompt attended by every token.
 """
 
@@ -44,6 +45,9 @@ class PromptPrefixed:
         if past_key_values is None:
             past_key_values = copy.deepcopy(self.prefix)
             past_key_values.batch_repeat_interleave(rows)
+        elif past_key_values.get_seq_length() == 0:  # an empty cache of the caller's kind: the prefix goes in first
+            for index, layer in enumerate(self.prefix.layers):
+                past_key_values.update(layer.keys.repeat(rows, 1, 1, 1), layer.values.repeat(rows, 1, 1, 1), index)
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask.new_ones(rows, self.prefix_length), attention_mask], dim=-1)
         if position_ids is not None:

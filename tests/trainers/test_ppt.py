@@ -169,6 +169,13 @@ def test_prompt_checkpoint_scores_standalone_as_in_training(trained):
         theirs = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                                 pad_token_id=backend.tokenizer.pad_token_id, eos_token_id=None)
     assert ours.num_tokens == 6 and ours.text == backend.tokenizer.decode(theirs[0, ids.shape[1]:])
+    # batched with prompts of other lengths and budgets, rows joining and leaving keep the prefix in front
+    requests = [GenerationRequest(row["prompt"], SamplingSettings(temperature=0.0, max_new_tokens=budget), seed=0)
+                for row, budget in zip(trainer.valid_rows[:6], (2, 6, 3, 5, 1, 4))]
+    assert len({len(request.prompt) for request in requests}) > 1
+    alone = [backend.generate([request], progress=False)[0].text for request in requests]
+    backend.batch_size = 3
+    assert [c.text for c in backend.generate(requests, progress=False)] == alone
 
 
 def test_identity_covers_the_prompt_and_bad_folders_are_one_line(trained, small_model, tmp_path):
