@@ -134,13 +134,17 @@ _RTE = _index({"entailment": 0, "not_entailment": 1})
 _CB = _index({"entailment": 0, "contradiction": 1, "neutral": 2})
 _SST5 = _index({i: i for i in range(5)})
 
+# SST-2's labelled dev split (its test labels are hidden) and its train split, the demonstration pool; PPT reads
+# the same files.
+SST2_DEV = DataSource("sst2/stsa.binary.dev", reader=read_label_lines, hub_id="glue", hub_config="sst2",
+                      split="validation")
+SST2_TRAIN = DataSource("sst2/stsa.binary.train", reader=read_label_lines, hub_id="glue", hub_config="sst2",
+                        split="train")
+
 SETS: dict[str, tuple[ICLSet, str]] = {
     "sst2": (ICLSet(
         lambda d: f"Sentence: {d['sentence']}\nLabel:", ("Negative", "Positive"), _BINARY,
-        DataSource("sst2/stsa.binary.dev", reader=read_label_lines, hub_id="glue", hub_config="sst2",
-                   split="validation"),
-        DataSource("sst2/stsa.binary.train", reader=read_label_lines, hub_id="glue", hub_config="sst2",
-                   split="train")),
+        SST2_DEV, SST2_TRAIN),
         "SST-2 dev (872), sentiment"),
     "subj": (ICLSet(
         lambda d: f"Input: {d['text']}\nType:", ("Objective", "Subjective"), _BINARY,

@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from harness.data import read_label_lines, read_rows
+from harness.data import read_rows
 from harness.registry import register_task
 from harness.task import DataSource, Doc, FewShot, Task, seed_mean
-from harness.tasks.icl import ICLSet, _index, collapse, score_option
+from harness.tasks.icl import SST2_DEV, SST2_TRAIN, ICLSet, _index, collapse, score_option
 
 SINGLE_WORDS = ("terrible", "bad", "maybe", "good", "great")  # the 5-class pseudo-labels, worst to best
 PAIR_WORDS = ("yes", "maybe", "no")  # next sentence: adjacent, same document, other document
@@ -87,10 +87,7 @@ def _pair(first: str, second: str) -> Callable[[Doc], str]:
 SETS: dict[str, tuple[ICLSet, str]] = {
     "sst2": (ICLSet(
         lambda d: single_prompt(d["sentence"]), ("terrible", "great"), _POLARITY,
-        DataSource("sst2/stsa.binary.dev", reader=read_label_lines, hub_id="glue", hub_config="sst2",
-                   split="validation"),
-        DataSource("sst2/stsa.binary.train", reader=read_label_lines, hub_id="glue", hub_config="sst2",
-                   split="train")),
+        SST2_DEV, SST2_TRAIN),
         "SST-2 dev (872), sentiment"),
     "sst5": (ICLSet(
         lambda d: single_prompt(d["text"]), SINGLE_WORDS, _SST5,
