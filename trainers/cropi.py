@@ -196,11 +196,11 @@ class CROPITrainer(GRPOTrainer):
         kept = projection.kept.to(self.accelerator.device) if projection else None
         rows = []
         for batch in chunked(prompts, self.config.projection_batch):
-            gradients = [self.prompt_gradient(model, parameters, store, p, group_size) for p in batch]
-            if projection is None:
-                rows.append(torch.stack(gradients))
-            else:
-                rows.append(projection.project_kept(torch.stack([g[kept] for g in gradients])))
+            # each gradient is cut to its kept coordinates as soon as it is made: a batch of whole gradients
+            # would hold projection_batch copies of the model
+            gradients = torch.stack([gradient if kept is None else gradient[kept] for gradient in
+                                     (self.prompt_gradient(model, parameters, store, p, group_size) for p in batch)])
+            rows.append(gradients if projection is None else projection.project_kept(gradients))
         return torch.cat(rows)
 
     def prompt_gradient(self, model, parameters: list[torch.Tensor], store: dict, prompt: int,
