@@ -29,7 +29,7 @@ from harness.errors import HarnessError
 from harness.trainers import register_trainer
 from harness.trainers.data import Problem, chunked
 from harness.trainers.grpo import GRPOConfig, GRPOTrainer
-from harness.trainers.policy_gradient import aggregate, masked_mean, merge_rollouts, token_entropy
+from harness.trainers.policy_gradient import aggregate, clipped_ratio_loss, masked_mean, merge_rollouts, token_entropy
 from harness.trainers.sampling import pack_rollout
 
 MICRO_GROUPS = (4, 2, 1, 1)
@@ -68,8 +68,8 @@ def blank_line_ends(tokenizer, ids: Sequence[int]) -> list[int]:
     ends, text = [], ""
     for index, token in enumerate(ids):
         piece = tokenizer.decode([token])
-        text += piece
-        if "\n" in piece and text.endswith("\n\n"):
+        text = (text + piece)[-2:]  # only the end can make a blank line
+        if "\n" in piece and text == "\n\n":
             ends.append(index + 1)
     return ends
 
@@ -177,10 +177,10 @@ class TRAPOTrainer(GRPOTrainer):
         mask = batch["response_mask"].float()
         forced, trsft = batch["forced_mask"].float(), batch["trsft_mask"].float()
         old = batch.get("old_logprobs", logprobs.detach())
-        ratio = (logprobs - old).exp()
-        rl = -batch["advantages"] * ratio  # unclipped, as released
         if config.clip:
-            rl = torch.maximum(rl, -batch["advantages"] * ratio.clamp(1 - config.clip_low, 1 + config.clip_high))
+            rl = clipped_ratio_loss(logprobs, old, batch["advantages"], config.clip_low, config.clip_high)[0]
+        else:
+            rl = -batch["advantages"] * (logprobs - old).exp()  # unclipped, as released
         sft = trust_region_sft_loss(logprobs, config.trsft_alpha)
         losses = rl * (1 - forced) + sft * trsft  # forced tokens without TrSFT contribute nothing
         loss = aggregate(losses, mask, config.loss_aggregation, config.max_new_tokens)
