@@ -63,11 +63,6 @@ class LazyBackend:
             raise AttributeError(attribute)
         return getattr(self.loaded(), attribute)
 
-    def answer_chunks(self, method: str, chunks: Sequence[Sequence[Any]], kwargs: dict[str, Any]
-                      ) -> Iterator[tuple[int, list[Any]]]:
-        for index, chunk in enumerate(chunks):
-            yield index, answer(self.loaded(), method, chunk, kwargs)
-
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()

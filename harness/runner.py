@@ -221,8 +221,8 @@ def answer_cached(backend, keys: list[str], method: str, inputs: list, kwargs: d
 
 
 def answer_chunks(backend, method: str, chunks: list[list], kwargs: dict[str, Any]):
-    """(chunk index, answers) as each chunk is answered: by the backend's own dispatch when it has one (lazy and
-    data-parallel backends), else here in order."""
+    """(chunk index, answers) as each chunk is answered: by the backend's own dispatch when it has one (data-parallel
+    replicas), else here in order (a lazy backend loads its model on the first call)."""
     if hasattr(type(backend), "answer_chunks"):
         return backend.answer_chunks(method, chunks, kwargs)
     return ((index, answer(backend, method, part, kwargs)) for index, part in enumerate(chunks))

@@ -101,7 +101,8 @@ def load_model_and_tokenizer(path, device: torch.device, dtype: torch.dtype, tru
 
 @dataclass
 class _Row:
-    """One request in flight: its tokens so far, its sampler and its n-gram ban list."""
+    """One request in flight: its prompt tokens, the tokens generated, its sampler and its n-gram ban list (which
+    holds the whole sequence)."""
 
     index: int
     request: GenerationRequest
@@ -113,7 +114,6 @@ class _Row:
     text: str | None = None
 
     def push(self, token: int) -> None:
-        self.tokens.append(token)
         self.generated.append(token)
         self.ban.push(token)
 

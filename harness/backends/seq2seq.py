@@ -55,8 +55,8 @@ class _EncodedRow(_Row):
 class Seq2SeqBackend(HFBackend):
     def __init__(self, model: str, device: str | None = None, dtype: str = "auto", batch_size: int = 32,
                  max_length: int | None = None, trust_remote_code: bool = False):
-        ref = resolve(model)
-        self.name, self.identity, self.path = ref.name, ref.identity, ref.path
+        ref = resolve(model, trust_remote_code)
+        self.name, self.identity, self.path, self.adapter = ref.name, ref.identity, ref.path, ref.adapter
         self.device = pick_device(device)
         self.model, self.tokenizer = load_seq2seq(ref.path, self.device, pick_dtype(dtype, self.device),
                                                   trust_remote_code)
