@@ -2,8 +2,8 @@
 
 The MiniLLM protocol of `tasks/instruct.py` (temperature 1, top-p 1, top-k off, `no_repeat_ngram_size=6`, at most
 256 new tokens, 5 seeds per prompt) on the tiny teacher, with its synthetic test prompts (answers of a few tokens) or
-with `--dolly`, the Dolly evaluation prompts (cut to their first 256 tokens for both sides), to which the tiny teacher
-answers at length, often up to the cap. Both sides get the same
+with `--dolly`, the Dolly evaluation prompts (cut to their first 256 tokens for both sides), which the tiny teacher
+also answers in a token or two (the script prints the mean new tokens). Both sides get the same
 requests, one per (prompt, seed), in one process, with the same batch size: ours draws each from its own seed and
 encodes each prompt once for its five samples; HFLM runs every request as its own row of `model.generate` (it has
 no per-request seed, so its samples differ from ours, and the mean lengths of the two sides are printed).

@@ -25,7 +25,8 @@ from functools import partial
 from harness.data import read_rows
 from harness.registry import register_task
 from harness.task import DataSource, Doc, FewShot, Task, seed_mean
-from harness.tasks.icl import SST2_DEV, SST2_TRAIN, ICLSet, _index, collapse, score_option
+from harness.tasks.icl import _BINARY as _POLARITY
+from harness.tasks.icl import _RTE, _SST5, SST2_DEV, SST2_TRAIN, ICLSet, _index, collapse, score_option
 
 SINGLE_WORDS = ("terrible", "bad", "maybe", "good", "great")  # the 5-class pseudo-labels, worst to best
 PAIR_WORDS = ("yes", "maybe", "no")  # next sentence: adjacent, same document, other document
@@ -73,9 +74,6 @@ def _boolq_rows(part: slice) -> Callable:
     return lambda path: read_rows(path)[part]
 
 
-_POLARITY = _index({0: 0, 1: 1, "0": 0, "1": 1})
-_SST5 = _index({i: i for i in range(5)})
-_RTE = _index({"entailment": 0, "not_entailment": 1})
 _CB = _index({"entailment": 0, "contradiction": 2, "neutral": 1})  # yes / maybe / no
 _BOOLQ = _index({True: 0, False: 1, "true": 0, "false": 1})
 
