@@ -336,7 +336,7 @@ def _picl_stages(evaluation: EvalConfig) -> dict[str, float]:
     from harness import tiny_picl
 
     timings = Laps()
-    paths = tiny_picl.build(progress=evaluation.progress)
+    paths = tiny_picl.build()
     root = Path(evaluation.output_dir) / "train"
     common = [f"model={paths.student}", f"corpus_file={paths.corpus}", f"artifacts_dir={root / 'picl-artifacts'}",
               f"progress={evaluation.progress}"]

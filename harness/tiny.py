@@ -141,12 +141,27 @@ def _build_into(folder: Path, progress: bool) -> None:
     try:
         teacher = make_model(TEACHER, tokenizer, seed=SEED)
         train_teacher(teacher, tokenizer, splits["train"], TrainRecipe(), progress)
-        student = make_model(STUDENT, tokenizer, seed=SEED + 1)
     finally:
         torch.set_num_threads(threads)
-    for name, model in (("teacher", teacher), ("student", student)):
-        model.save_pretrained(folder / name)
-        tokenizer.save_pretrained(folder / name)
+    _save(teacher, tokenizer, folder / "teacher")
+    _save(make_student(tokenizer), tokenizer, folder / "student")
+
+
+def save_student(folder: Path) -> Path:
+    """The untrained tiny student alone, equal to the one `build` makes, in seconds: no teacher is trained.
+    For recipes that start from the student and never read the teacher (PICL and ExtraLM)."""
+    tokenizer = train_tokenizer(_tokenizer_corpus(generate(seed=SEED)))
+    _save(make_student(tokenizer), tokenizer, folder)
+    return folder
+
+
+def make_student(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    return make_model(STUDENT, tokenizer, seed=SEED + 1)
+
+
+def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def _tokenizer_corpus(splits: dict[str, list[dict]]) -> list[str]:

@@ -11,8 +11,9 @@ so same-task paragraphs sit in different documents: plain LM chunks rarely show 
 situation PICL's retrieval is for. The labels are kept beside the corpus (never read by training) to measure the
 retriever's precision@k.
 
-Built once under ``<cache root>/tiny-picl-v1/`` (locked, swapped in by one rename, as `harness.tiny`), next to the
-tiny models it reuses: ``corpus.jsonl`` (one document per line, ``{"text": ...}``, paragraphs separated by a blank
+Built once under ``<cache root>/tiny-picl-v2/`` (locked, swapped in by one rename, as `harness.tiny`), in
+seconds: ``student/`` (the untrained tiny student of `harness.tiny`, made without training the teacher, which PICL
+never reads), ``corpus.jsonl`` (one document per line, ``{"text": ...}``, paragraphs separated by a blank
 line), ``corpus_labels.json`` (the task of every paragraph, in corpus order), ``retriever_train.jsonl`` (rows
 ``{"text", "task", "form"}``: the labelled tasks, drawn apart from the corpus) and ``retriever/`` (a 2-layer BERT
 encoder on the tiny tokenizer, its ``<|endoftext|>`` token serving as CLS).
@@ -30,7 +31,7 @@ from pathlib import Path
 from harness import tiny
 from harness.tiny_data import CAPITALS, FAMILIES, WORDS, write_jsonl
 
-VERSION = "tiny-picl-v1"  # bump whenever the corpus, the retriever data or the retriever change
+VERSION = "tiny-picl-v2"  # bump whenever the corpus, the retriever data, the retriever or the layout change
 # One line each: the ICL suites collapse whitespace, so `icl_synth` shows "Input: 23 Label: Quelth" per line.
 FORMS = {"input-label": "Input: {x} Label: {y}", "qa": "Question: {x} Answer: {y}", "arrow": "{x} => {y}"}
 PAIRS_PER_RULE = 3  # label-word pairs, hence tasks, per classification rule and form
@@ -137,26 +138,26 @@ def make_retriever(tokenizer_folder: Path, folder: Path, seed: int = tiny.SEED) 
 
 @dataclass(frozen=True)
 class TinyPICLPaths:
-    student: Path  # the untrained tiny student (harness.tiny), where PICL and ExtraLM both start
+    student: Path  # the untrained tiny student (`harness.tiny`'s), where PICL and ExtraLM both start
     retriever: Path  # untrained tiny encoder
     corpus: Path  # corpus.jsonl
     labels: Path  # corpus_labels.json
     retriever_data: Path  # retriever_train.jsonl
 
 
-def _build_into(folder: Path, tokenizer_folder: Path) -> None:
+def _build_into(folder: Path) -> None:
+    student = tiny.save_student(folder / "student")
     all_tasks = tasks()
     texts, labels = corpus(all_tasks, random.Random(f"{VERSION}-corpus"), DOCUMENTS)
     write_jsonl(folder / "corpus.jsonl", [{"text": text} for text in texts])
     (folder / "corpus_labels.json").write_text(json.dumps(labels))
     write_jsonl(folder / "retriever_train.jsonl",
                 retriever_rows(all_tasks, random.Random(f"{VERSION}-retriever"), RETRIEVER_ROWS_PER_TASK))
-    make_retriever(tokenizer_folder, folder / "retriever")
+    make_retriever(student, folder / "retriever")
 
 
-def build(cache_root: Path | None = None, force: bool = False, progress: bool = True) -> TinyPICLPaths:
-    """The tiny PICL corpus, retriever data and retriever (seconds, after the tiny models exist)."""
-    models = tiny.build(cache_root, progress=progress)
-    folder = tiny.cached_build(VERSION, lambda staging: _build_into(staging, models.student), cache_root, force)
-    return TinyPICLPaths(student=models.student, retriever=folder / "retriever", corpus=folder / "corpus.jsonl",
+def build(cache_root: Path | None = None, force: bool = False) -> TinyPICLPaths:
+    """The tiny student, PICL corpus, retriever data and retriever (seconds)."""
+    folder = tiny.cached_build(VERSION, _build_into, cache_root, force)
+    return TinyPICLPaths(student=folder / "student", retriever=folder / "retriever", corpus=folder / "corpus.jsonl",
                          labels=folder / "corpus_labels.json", retriever_data=folder / "retriever_train.jsonl")

@@ -117,6 +117,18 @@ def _greedy_rouge_l(folder: Path, rows: list[dict]) -> float:
 
 
 @pytest.mark.slow  # the first run on a machine builds the tiny models (about two minutes)
+def test_student_made_alone_equals_the_built_student(built: tiny.TinyPaths, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    alone = tiny.save_student(tmp_path / "student")
+    assert (alone / "tokenizer.json").read_bytes() == (built.student / "tokenizer.json").read_bytes()
+    assert json.loads((alone / "config.json").read_text()) == json.loads((built.student / "config.json").read_text())
+    mine, theirs = load_file(alone / "model.safetensors"), load_file(built.student / "model.safetensors")
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[name], theirs[name]) for name in mine)
+
+
+@pytest.mark.slow  # the first run on a machine builds the tiny models (about two minutes)
 def test_trained_teacher_beats_untrained_student(built: tiny.TinyPaths) -> None:
     rows = _rows(built, "test")[::7][:30]
     teacher, student = _greedy_rouge_l(built.teacher, rows), _greedy_rouge_l(built.student, rows)

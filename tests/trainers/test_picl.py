@@ -35,7 +35,7 @@ def tiny_overrides(paths, root: Path) -> list[str]:
 def tiny_picl_paths():
     from harness import tiny_picl
 
-    return tiny_picl.build(progress=False)
+    return tiny_picl.build()
 
 
 @pytest.fixture(scope="module")
