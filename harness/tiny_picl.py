@@ -32,6 +32,7 @@ from harness import tiny
 from harness.tiny_data import CAPITALS, FAMILIES, WORDS, write_jsonl
 
 VERSION = "tiny-picl-v2"  # bump whenever the corpus, the retriever data, the retriever or the layout change
+DRAWS = "tiny-picl-v1"  # names the random draws of tasks, corpus and retriever data: a layout change keeps them
 # One line each: the ICL suites collapse whitespace, so `icl_synth` shows "Input: 23 Label: Quelth" per line.
 FORMS = {"input-label": "Input: {x} Label: {y}", "qa": "Question: {x} Answer: {y}", "arrow": "{x} => {y}"}
 PAIRS_PER_RULE = 3  # label-word pairs, hence tasks, per classification rule and form
@@ -92,7 +93,7 @@ def tasks(seed: int = tiny.SEED) -> list[Task]:
 
     evaluated = {frozenset(label_words(name)) for name in ("parity", "size", "animal")}
     pairs = [pair for pair in itertools.combinations(sorted(CAPITALS.values()), 2) if frozenset(pair) not in evaluated]
-    rng = random.Random(f"{VERSION}-{seed}-pairs")
+    rng = random.Random(f"{DRAWS}-{seed}-pairs")
     found = []
     for form in FORMS:
         found += [Task(f"{family}/{form}", form, _instruction(family, form)) for family in FAMILIES]
@@ -148,11 +149,11 @@ class TinyPICLPaths:
 def _build_into(folder: Path) -> None:
     student = tiny.save_student(folder / "student")
     all_tasks = tasks()
-    texts, labels = corpus(all_tasks, random.Random(f"{VERSION}-corpus"), DOCUMENTS)
+    texts, labels = corpus(all_tasks, random.Random(f"{DRAWS}-corpus"), DOCUMENTS)
     write_jsonl(folder / "corpus.jsonl", [{"text": text} for text in texts])
     (folder / "corpus_labels.json").write_text(json.dumps(labels))
     write_jsonl(folder / "retriever_train.jsonl",
-                retriever_rows(all_tasks, random.Random(f"{VERSION}-retriever"), RETRIEVER_ROWS_PER_TASK))
+                retriever_rows(all_tasks, random.Random(f"{DRAWS}-retriever"), RETRIEVER_ROWS_PER_TASK))
     make_retriever(student, folder / "retriever")
 
 
