@@ -166,19 +166,12 @@ def _weight_files(folder: Path) -> list[Path]:
 
 def check_checkpoint(folder: Path, trust_remote_code: bool = False, architecture: bool = True) -> None:
     """Everything about an HF-format folder that can be known without loading it (see the module docstring)."""
-    config = _read_json(folder / "config.json")
-    tokenizer_config = folder / "tokenizer_config.json"
-    declares_code = "auto_map" in config or (tokenizer_config.is_file() and "auto_map" in _read_json(tokenizer_config))
-    if declares_code and not trust_remote_code:
+    if _declares_code(folder) and not trust_remote_code:
         raise HarnessError(f"{folder} declares its own Python code (auto_map), which runs only when asked: pass "
                            "--trust-remote-code to `harness eval` if you trust its source (training loads built-in "
                            "architectures only)")
-    if architecture and not declares_code:
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-        if config.get("model_type") not in CONFIG_MAPPING_NAMES:
-            raise HarnessError(f"{folder / 'config.json'} names no architecture transformers knows (model_type "
-                               f"{config.get('model_type')!r}): restore it from the original checkpoint")
+    if architecture:
+        check_architecture(folder)
     weights = _weight_files(folder)
     if not weights:
         raise HarnessError(f"{folder} holds no weights (*.safetensors or *.bin): pass a folder saved with "
@@ -188,6 +181,23 @@ def check_checkpoint(folder: Path, trust_remote_code: bool = False, architecture
             check_safetensors(path)
         else:
             check_pickled_weights(path)
+
+
+def _declares_code(folder: Path) -> bool:
+    tokenizer_config = folder / "tokenizer_config.json"
+    return "auto_map" in _read_json(folder / "config.json") or (tokenizer_config.is_file()
+                                                                and "auto_map" in _read_json(tokenizer_config))
+
+
+def check_architecture(folder: Path) -> None:
+    """The folder's model type is one transformers knows, unless it brings its own code (this imports
+    transformers: it is done when a model loads)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = _read_json(folder / "config.json").get("model_type")
+    if model_type not in CONFIG_MAPPING_NAMES and not _declares_code(folder):
+        raise HarnessError(f"{folder / 'config.json'} names no architecture transformers knows (model_type "
+                           f"{model_type!r}): restore it from the original checkpoint")
 
 
 def is_adapter(folder: Path) -> bool:
@@ -277,3 +287,12 @@ def resolve(model: str, trust_remote_code: bool = False, architecture: bool = Tr
         folder = _download(model)
         check_checkpoint(folder, trust_remote_code, architecture)
     return ModelRef(path=folder, name=display_name(model, folder), identity=model_identity(folder))
+
+
+def resolved(model: str | ModelRef, trust_remote_code: bool = False) -> ModelRef:
+    """`model` resolved for loading; a ModelRef the runner resolved (without the architecture look-up, which a run
+    served from its cache never needs) is only checked for its architecture, not digested again."""
+    if isinstance(model, ModelRef):
+        check_architecture(model.path)
+        return model
+    return resolve(model, trust_remote_code)

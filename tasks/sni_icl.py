@@ -29,15 +29,12 @@ from harness.errors import HarnessError
 from harness.metrics.text import exact_match, rouge_l
 from harness.registry import register_task
 from harness.task import ChoicePrediction, DataSource, Doc, Task, group_mean, per_group
+from harness.tasks.icl import collapse
 
 MAX_INSTANCES = 100
 MAX_POSITIVE_EXAMPLES = 3
 SAMPLING = SamplingSettings(max_new_tokens=128, temperature=1.0, top_p=0.9, stop=("\n",))
 SEEDS = (10, 20, 30, 40, 50)
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _strings(value: Any) -> bool:
@@ -101,10 +98,10 @@ def read_task_folder(folder: Path) -> list[Doc]:
 
 
 def prompt(doc: Doc) -> str:
-    shown = [f"Positive Example {n}- input: {flat(e['input'])} output: {flat(e['output'])}"
+    shown = [f"Positive Example {n}- input: {collapse(e['input'])} output: {collapse(e['output'])}"
              for n, e in enumerate(doc["examples"], start=1)]
-    query = f"Now complete the following example- input: {flat(doc['input'])} output:"
-    return "\n\n".join([flat(doc["definition"]), *shown, query])
+    query = f"Now complete the following example- input: {collapse(doc['input'])} output:"
+    return "\n\n".join([collapse(doc["definition"]), *shown, query])
 
 
 def score(doc: Doc, prediction: str | ChoicePrediction) -> dict[str, float]:

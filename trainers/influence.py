@@ -164,5 +164,4 @@ class OfflineRollouts:
                 pieces.append(part)
             else:
                 pieces.append(torch.load(path, weights_only=True))
-        rewards = torch.cat([piece.pop("rewards") for piece in pieces])
-        return {**merge_rollouts(pieces, pad_id), "rewards": rewards}
+        return merge_rollouts(pieces, pad_id)  # rewards are (G,): merged by plain concatenation

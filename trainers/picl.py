@@ -24,6 +24,7 @@ Paper / released code (thu-coai/PICL) versus this file:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from collections import Counter
@@ -346,10 +347,13 @@ class PICLTrainer(ExtraLMTrainer):
         from harness.trainers.loading import load_model
 
         model = load_model(self.config.model).to(self.accelerator.device).eval()
-        keep = self.config.max_paragraph_tokens - len(self.separator)
-        for index, part in enumerate(chunked(list(instances), self.config.eval_batch_size)):
-            queries = [paragraphs[index * self.config.eval_batch_size + i][:keep] + self.separator
-                       for i in range(len(part))]
+        keep, size = self.config.max_paragraph_tokens - len(self.separator), self.config.eval_batch_size
+        stream = iter(instances)  # one instance per paragraph, in order; streamed, never held whole
+        for start in itertools.count(0, size):
+            part = list(itertools.islice(stream, size))
+            if not part:
+                return
+            queries = [paragraphs[start + i][:keep] + self.separator for i in range(len(part))]
             with_demos = _query_losses(model, part, [len(q) for q in queries], self.tokenizer.pad_token_id)
             alone = _query_losses(model, queries, [len(q) for q in queries], self.tokenizer.pad_token_id)
             yield from (ids for ids, a, b in zip(part, with_demos, alone) if a - b < -self.config.filter_threshold)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from harness.errors import HarnessError
 from harness.store import atomic_write
+from harness.trainers.data import Example, pad_examples
 
 PLACEHOLDER = "<@x(x!>"
 RETRIEVER_NEGATIVES = (1, 4)  # easy, hard negatives per query (the spec's 1 positive, 1 easy, 4 hard)
@@ -136,14 +137,9 @@ def encode_texts(tokenizer, texts: list[str], max_tokens: int) -> dict[str, torc
     cls = tokenizer.cls_token_id
     encoded = [ids if cls is None or (ids and ids[0] == cls) else [cls, *ids][:max_tokens] for ids in
                tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]]
-    width = max(len(ids) for ids in encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
+    batch = pad_examples([Example(ids, []) for ids in encoded], pad)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
 def embed(encoder, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

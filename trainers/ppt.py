@@ -36,6 +36,7 @@ from harness.trainers.base import TrainConfig, Trainer
 from harness.trainers.data import Example, chunked, pad_examples
 from harness.trainers.loading import load_model
 from harness.trainers.ppt_data import pretraining_rows, read_corpus
+from harness.trainers.sampling import token_logprobs
 from harness.trainers.sft import cross_entropy
 
 _TUNE = ("prompt", "full")
@@ -186,10 +187,8 @@ class PPTTrainer(Trainer):
             batch = self.to_device(pad_examples(part, self.tokenizer.pad_token_id))
             with self.accelerator.autocast():
                 logits = self.text_logits(model, batch)
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, L-1, V): position t predicts t+1
-            targets = batch["labels"][:, 1:]
-            picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (targets >= 0)
-            scores += picked.sum(-1).tolist()
+            targets = batch["labels"][:, 1:]  # position t predicts token t+1
+            scores += (token_logprobs(logits[:, :-1], targets) * (targets >= 0)).sum(-1).tolist()
         flat = iter(scores)
         return [[next(flat) for _ in row["options"]] for row in rows]
 

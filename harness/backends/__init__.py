@@ -12,6 +12,7 @@ from harness.backends.base import (
     SamplingSettings,
 )
 from harness.errors import HarnessError
+from harness.models import ModelRef, resolved
 
 __all__ = [
     "Backend",
@@ -39,8 +40,9 @@ def resolve_backend_name(backend: str) -> str:
     return "vllm" if torch.cuda.is_available() else "hf"
 
 
-def load(model: str, backend: str = "hf", **options) -> Backend:
-    """Load `model` (a local HF-format folder or a hub id) on the named backend ("hf", "vllm" or "auto").
+def load(model: str | ModelRef, backend: str = "hf", **options) -> Backend:
+    """Load `model` (a local HF-format folder, a hub id, or a checkpoint `harness.models.resolve` found) on the
+    named backend ("hf", "vllm" or "auto").
 
     On transformers, an encoder-decoder checkpoint (T5, mT5) gets the encoder-decoder backend (`seq2seq.py`); a soft
     prompt (a PEFT prompt-tuning folder naming its base model) gets the transformers backend."""
@@ -48,22 +50,21 @@ def load(model: str, backend: str = "hf", **options) -> Backend:
     if name not in _BACKENDS:
         raise HarnessError(f"unknown backend {backend!r}: choose one of hf, vllm, auto")
     from harness.backends.seq2seq import is_encoder_decoder
-    from harness.models import adapter_base
 
-    base = adapter_base(model)
-    if base is not None:  # a soft prompt: the transformers backend applies it (soft_prompt.py)
+    ref = resolved(model, options.get("trust_remote_code", False))
+    if ref.adapter is not None:  # a soft prompt: the transformers backend applies it (soft_prompt.py)
         if backend == "vllm":
-            raise HarnessError(f"{model} is a soft prompt (PEFT prompt tuning), which vLLM cannot serve: use "
+            raise HarnessError(f"{ref.adapter} is a soft prompt (PEFT prompt tuning), which vLLM cannot serve: use "
                                "--backend hf")
-        if is_encoder_decoder(base):
-            raise HarnessError(f"{model} is a soft prompt for the encoder-decoder model {base}: soft prompts are "
-                               "evaluated on decoder-only models only here")
+        if is_encoder_decoder(ref.path):
+            raise HarnessError(f"{ref.adapter} is a soft prompt for the encoder-decoder model {ref.path}: soft "
+                               "prompts are evaluated on decoder-only models only here")
         name = "hf"
-    elif is_encoder_decoder(model):
+    elif is_encoder_decoder(ref.path):
         if backend == "vllm":
-            raise HarnessError(f"{model} is an encoder-decoder model, which the vLLM backend does not serve here: "
-                               "use --backend hf")
+            raise HarnessError(f"{ref.path} is an encoder-decoder model, which the vLLM backend does not serve "
+                               "here: use --backend hf")
         name = "seq2seq"  # also for `auto`: transformers is the engine that serves it
     module_name, class_name = {**_BACKENDS, "seq2seq": _SEQ2SEQ}[name].split(":")
     backend_class = getattr(importlib.import_module(module_name), class_name)
-    return backend_class(model, **options)
+    return backend_class(ref, **options)

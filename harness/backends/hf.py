@@ -48,7 +48,7 @@ from harness.backends.base import (
     split_requests,
 )
 from harness.errors import HarnessError
-from harness.models import resolve
+from harness.models import ModelRef, resolved
 
 if TYPE_CHECKING:
     from transformers import DynamicCache
@@ -288,14 +288,14 @@ def _sample(logits: torch.Tensor, generator: torch.Generator) -> int:
 class HFBackend(Backend):
     def __init__(
         self,
-        model: str,
+        model: str | ModelRef,
         device: str | None = None,
         dtype: str = "auto",
         batch_size: int = 32,
         max_length: int | None = None,
         trust_remote_code: bool = False,
     ):
-        ref = resolve(model, trust_remote_code)
+        ref = resolved(model, trust_remote_code)
         self.name, self.identity, self.path, self.adapter = ref.name, ref.identity, ref.path, ref.adapter
         self.device = pick_device(device)
         self.model, self.tokenizer = load_model_and_tokenizer(

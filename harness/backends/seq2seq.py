@@ -22,21 +22,12 @@ from tqdm.auto import tqdm
 
 from harness.backends.base import GenerationRequest, NgramBan
 from harness.backends.hf import HFBackend, _Row, load_model_and_tokenizer, pick_device, pick_dtype
-from harness.models import check_local, resolve
+from harness.models import ModelRef, resolved
 
 
-def is_encoder_decoder(model: str) -> bool:
-    """Whether `model` (a local folder or a hub id) is an encoder-decoder checkpoint, from its config.json."""
-    local = check_local(model)
-    try:
-        if local is None:
-            from huggingface_hub import hf_hub_download
-
-            local = Path(hf_hub_download(model, "config.json")).parent
-        config = json.loads((local / "config.json").read_text(encoding="utf-8"))
-    except Exception:  # unreachable or unreadable: the backend's own load reports it in one line
-        return False
-    return bool(config.get("is_encoder_decoder"))
+def is_encoder_decoder(folder: Path) -> bool:
+    """Whether the checkpoint in `folder` is an encoder-decoder model, from its config.json."""
+    return bool(json.loads((folder / "config.json").read_text(encoding="utf-8")).get("is_encoder_decoder"))
 
 
 def load_seq2seq(path, device: torch.device, dtype: torch.dtype, trust_remote_code: bool):
@@ -53,9 +44,9 @@ class _EncodedRow(_Row):
 
 
 class Seq2SeqBackend(HFBackend):
-    def __init__(self, model: str, device: str | None = None, dtype: str = "auto", batch_size: int = 32,
+    def __init__(self, model: str | ModelRef, device: str | None = None, dtype: str = "auto", batch_size: int = 32,
                  max_length: int | None = None, trust_remote_code: bool = False):
-        ref = resolve(model, trust_remote_code)
+        ref = resolved(model, trust_remote_code)
         self.name, self.identity, self.path, self.adapter = ref.name, ref.identity, ref.path, ref.adapter
         self.device = pick_device(device)
         self.model, self.tokenizer = load_seq2seq(ref.path, self.device, pick_dtype(dtype, self.device),

@@ -55,7 +55,7 @@ from harness.backends.base import (
     split_requests,
 )
 from harness.errors import HarnessError
-from harness.models import resolve
+from harness.models import ModelRef, resolved
 
 _CPU_KV_CACHE_BYTES = 1 << 30
 _NGRAM_KEY = "no_repeat_ngram_size"
@@ -123,7 +123,7 @@ class VLLMBackend(Backend):
 
     def __init__(
         self,
-        model: str,
+        model: str | ModelRef,
         tensor_parallel_size: int = 1,
         data_parallel_size: int = 1,
         gpu_memory_utilization: float | None = None,
@@ -139,7 +139,7 @@ class VLLMBackend(Backend):
                 "vLLM's offline engine runs one data-parallel replica per process: pass --data-parallel N to "
                 "`harness eval` (one engine per replica process), or use tensor_parallel_size"
             )
-        ref = resolve(model, trust_remote_code)
+        ref = resolved(model, trust_remote_code)
         self.name, self.identity = ref.name, ref.identity
         options: dict[str, Any] = {"dtype": dtype, "seed": seed, **engine_kwargs}
         for key, value in (

@@ -66,13 +66,20 @@ def format_value(value: float) -> str:
     return short
 
 
+def is_number(value: object) -> bool:
+    """A metric value as results.json holds numbers (booleans are not scores)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def metric_value(metrics: dict, name: str) -> float | None:
+    """`metrics[name]` as a float, None when it is absent or not a number."""
+    value = metrics.get(name)
+    return float(value) if is_number(value) else None
+
+
 def format_score(metrics: dict, name: str) -> str:
     """`74.59 ± 0.41` (± one standard error over documents), with `(sd 0.30)`, the spread over seeds, if stored."""
-    def number(key: str) -> float | None:
-        value = metrics.get(key)
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-    value, stderr, spread = number(name), number(f"{name}_stderr"), number(f"{name}_std")
+    value, stderr, spread = (metric_value(metrics, key) for key in (name, f"{name}_stderr", f"{name}_std"))
     if value is None:
         return "n/a"
     text = format_value(value) + (f" ± {format_value(stderr)}" if stderr is not None else "")

@@ -188,7 +188,7 @@ def test_bad_pools_and_shot_counts_are_one_line_errors_that_keep_results(tmp_pat
         run_sst2(data, tmp_path, num_fewshot=10)
     with pytest.raises(HarnessError, match="4 rows of label 1.*need 5.*--num-fewshot"):
         run_sst2(data, tmp_path, num_fewshot=9)
-    with pytest.raises(HarnessError, match="negative"):
+    with pytest.raises(HarnessError, match="--num-fewshot must be a whole number >= 0"):
         run_sst2(data, tmp_path, num_fewshot=-1)
     assert results.read_text() == before and record["num_docs"] == 12
 
