@@ -122,6 +122,8 @@ class Planned:
 
     task: Task
     docs: list[Doc]
+    sampling: SamplingSettings | None  # the task's decoding under --gen-kwargs; None for tasks that only score
+    seeds: tuple[int, ...]
     pool: list[Doc] = field(default_factory=list)
     demonstrations: dict[int, list[int]] = field(default_factory=dict)
 
@@ -135,8 +137,8 @@ def plan(config: EvalConfig) -> list[Planned]:
         task = configured(resolve_task(name, data_dir, config.trust_remote_code), config)
         if task.needs_teacher and config.teacher is None:
             raise HarnessError(f"task {name} compares the model with a teacher: pass --teacher CKPT")
-        if task.sampling is not None or task.data.external:
-            apply_gen_kwargs(task.sampling or SamplingSettings(), config.gen_kwargs)  # bad keys fail before loading
+        if task.sampling is None and task.data.external:  # lm-eval's tasks take --gen-kwargs when they run
+            apply_gen_kwargs(SamplingSettings(), config.gen_kwargs)  # bad keys fail before loading
         try:
             planned.append(plan_task(task, config, data_dir))
         except MissingData as error:
@@ -168,6 +170,8 @@ def resolve_task(name: str, data_dir: str | None, trust_remote_code: bool = Fals
 
 
 def plan_task(task: Task, config: EvalConfig, data_dir: str | None) -> Planned:
+    sampling = sampling_for(task, config) if task.sampling is not None else None  # bad --gen-kwargs fail here
+    seeds = seeds_for(task, config, sampling)
     shots = num_shots(task, config)
     loaders = [lambda: load_docs(task, data_dir, config.limit)] + ([lambda: load_pool(task, data_dir)] if shots else [])
     loaded, missing = [], []
@@ -180,15 +184,14 @@ def plan_task(task: Task, config: EvalConfig, data_dir: str | None) -> Planned:
         raise MissingData(missing, f"task {task.name} needs {', '.join(missing)}")
     docs = loaded[0]
     if shots == 0:
-        return Planned(task, docs)
+        return Planned(task, docs, sampling, seeds)
     assert task.fewshot is not None
     pool = loaded[1]
-    seeds = seeds_for(task, config, sampling_for(task, config) if task.sampling else None)
     try:
         demonstrations = {seed: task.fewshot.draw(pool, shots, seed) for seed in seeds}
     except HarnessError as error:
         raise HarnessError(f"task {task.name}: {error}") from None
-    return Planned(task, docs, pool, demonstrations)
+    return Planned(task, docs, sampling, seeds, pool, demonstrations)
 
 
 # ----- stage 2: ask the model ------------------------------------------------------------------------------------
@@ -258,10 +261,9 @@ def seed_prompts(item: Planned, seeds: tuple[int, ...]) -> list[list[str]]:
     return [[task.fewshot_prompt(doc, demos) for demos in shown] for doc in item.docs]
 
 
-def run_generation(task: Task, prompts: list[list[str]], seeds: tuple[int, ...], backend, cache,
-                   config: EvalConfig) -> tuple[list, list]:
+def run_generation(task: Task, prompts: list[list[str]], seeds: tuple[int, ...], sampling: SamplingSettings,
+                   backend, cache, config: EvalConfig) -> tuple[list, list]:
     """Per document and seed, the postprocessed completion of that seed's prompt and its length in tokens."""
-    sampling = sampling_for(task, config)
     requests = [GenerationRequest(prompt, sampling, request_seed(seed, document))
                 for document, doc_prompts in enumerate(prompts) for prompt, seed in zip(doc_prompts, seeds)]
     answers = generate_cached(backend, requests, cache, config.progress, desc=task.name)
@@ -301,11 +303,11 @@ def reference_losses(task: Task, docs: list[Doc], backend, cache, config: EvalCo
     return [-sum(lps) / len(lps) if lps else 0.0 for lps in token_logprobs]
 
 
-def predict(item: Planned, seeds: tuple[int, ...], backend, cache, config: EvalConfig) -> tuple[list, list, list]:
+def predict(item: Planned, backend, cache, config: EvalConfig) -> tuple[list, list, list]:
     """Per document and seed, the prompt as the model saw it, the prediction (a ChoicePrediction for documents
     with options, else the generated text) and, for generated ones, its length. A task may mix both (S-NI's yes/no
     tasks among generation tasks). Generation prompts go into the chat template when asked."""
-    task, docs = item.task, item.docs
+    task, docs, seeds = item.task, item.docs, item.seeds
     is_choice = [bool(task.choices and task.choices(doc)) for doc in docs]
     chat = config.chat_template if task.chat_template is None else task.chat_template
     prompts = [[backend.chat_prompt(task.messages(doc) if task.messages else p) if chat and not flag else p
@@ -320,8 +322,9 @@ def predict(item: Planned, seeds: tuple[int, ...], backend, cache, config: EvalC
         for i, doc_predictions in zip(choice_ids, chosen):
             predictions[i] = doc_predictions
     if generation_ids:
-        generated, generated_lengths = run_generation(task, [prompts[i] for i in generation_ids], seeds, backend,
-                                                      cache, config)
+        assert item.sampling is not None, f"{task.name} generates but has no sampling settings"
+        generated, generated_lengths = run_generation(task, [prompts[i] for i in generation_ids], seeds,
+                                                      item.sampling, backend, cache, config)
         for i, texts, doc_lengths in zip(generation_ids, generated, generated_lengths):
             predictions[i], lengths[i] = texts, doc_lengths
     return prompts, predictions, lengths
@@ -358,9 +361,7 @@ def annotations(task: Task, doc: Doc, doc_predictions: list[Any], prompts: list[
 
 def score_task(item: Planned, backend, cache, config: EvalConfig) -> TaskResult:
     task, docs = item.task, item.docs
-    sampling = sampling_for(task, config) if task.sampling is not None else None
-    seeds = seeds_for(task, config, sampling)
-    prompts, predictions, lengths = predict(item, seeds, backend, cache, config)
+    prompts, predictions, lengths = predict(item, backend, cache, config)
     losses = reference_losses(task, docs, backend, cache, config) if task.reference_loss else None
     scored = score_predictions(task, docs, predictions)
     samples = []
