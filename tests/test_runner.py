@@ -292,3 +292,15 @@ def test_written_files_are_as_readable_as_the_umask_allows(tmp_path):
     os.umask(umask)
     store.write_json(tmp_path / "results.json", {"a": 1})
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_checkpoint_is_digested_once_per_run(random_model, data_dir, tmp_path, monkeypatch):
+    """The runner resolves the model once, before any data loads, and the backend it opens reuses that."""
+    from harness import models
+
+    digested = []
+    digest = models.model_identity
+    monkeypatch.setattr(models, "model_identity", lambda folder: digested.append(folder) or digest(folder))
+    (path,) = run(data_dir, tmp_path, model=str(random_model), limit=1, gen_kwargs={"max_new_tokens": 2})
+    assert json.loads(path.read_text())["model_identity"] == digest(random_model)
+    assert digested == [random_model]
