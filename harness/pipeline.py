@@ -42,6 +42,10 @@ RLVR_SFT = ("max_steps=120", "lr=2.0e-3", "warmup_steps=10", "batch_size=32", "e
 
 
 def recipe_path(method: str, config: str | Path | None) -> Path:
+    """The recipe of a known method: `config`, else its built-in one in configs/."""
+    from harness.trainers import get_trainer
+
+    get_trainer(method)  # an unknown method is named as such, not as a missing recipe
     path = Path(config) if config else CONFIGS / f"{method}.yaml"
     if not path.is_file():
         raise HarnessError(f"no recipe at {path}: pass --config FILE (see configs/ for examples)")

@@ -47,6 +47,8 @@ def shared_data_rows():
     (["train", "sft", "model=./no-such-ckpt"], "no checkpoint at ./no-such-ckpt"),
     (["train", "kd", "model=MODEL", "teacher=/no/teacher"], "no checkpoint at /no/teacher"),
     (["train", "minillm", "model=MODEL", "teacher=MODEL", "rollout_backend=ray"], "rollout_backend='ray'"),
+    (["train-and-eval", "ppo"], "unknown training method 'ppo': choose one of cropi, extralm"),
+    (["train", "ppo", "--config", "configs/sft.yaml"], "unknown training method 'ppo'"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message, capsys, random_model):
     assert main([arg.replace("MODEL", str(random_model)) for arg in args]) == 2
