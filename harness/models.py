@@ -290,9 +290,5 @@ def resolve(model: str, trust_remote_code: bool = False, architecture: bool = Tr
 
 
 def resolved(model: str | ModelRef, trust_remote_code: bool = False) -> ModelRef:
-    """`model` resolved for loading; a ModelRef the runner resolved (without the architecture look-up, which a run
-    served from its cache never needs) is only checked for its architecture, not digested again."""
-    if isinstance(model, ModelRef):
-        check_architecture(model.path)
-        return model
-    return resolve(model, trust_remote_code)
+    """`model` resolved, or as it is when it was resolved already: a checkpoint is digested once per run."""
+    return model if isinstance(model, ModelRef) else resolve(model, trust_remote_code)

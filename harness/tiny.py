@@ -1,7 +1,7 @@
 """The built-in tiny default: synthetic data, a byte-level BPE tokenizer, a trained teacher and an untrained student.
 
 Everything is built locally in a few CPU minutes, so examples and tests run without any download. The build lands
-in ``<cache root>/tiny-v1/`` once: a file lock makes a second process wait rather than build twice, and the result
+in ``<cache root>/<VERSION>/`` once: a file lock makes a second process wait rather than build twice, and the result
 appears by an atomic rename, so a reader never sees a half-written folder. Data and tokenizer are byte-identical
 across builds; the teacher's weights are seeded but multithreaded float sums may differ in the last bits.
 

@@ -12,7 +12,7 @@ from harness.backends.base import (
     SamplingSettings,
 )
 from harness.errors import HarnessError
-from harness.models import ModelRef, resolved
+from harness.models import ModelRef, check_architecture, resolved
 
 __all__ = [
     "Backend",
@@ -51,6 +51,8 @@ def load(model: str | ModelRef, backend: str = "hf", **options) -> Backend:
         raise HarnessError(f"unknown backend {backend!r}: choose one of hf, vllm, auto")
     from harness.backends.seq2seq import is_encoder_decoder
 
+    if isinstance(model, ModelRef):  # resolved by the runner without the architecture look-up, which a run served
+        check_architecture(model.path)  # from its cache never needs: it is done here, where the model loads
     ref = resolved(model, options.get("trust_remote_code", False))
     if ref.adapter is not None:  # a soft prompt: the transformers backend applies it (soft_prompt.py)
         if backend == "vllm":
